@@ -1,0 +1,35 @@
+# Two commands for a new user:  make run  (serve the demo)  and  make test  (run the tests).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install run test bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
+	rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)
+
+## Serve the API with gunicorn on MATCHER_HOST:MATCHER_PORT (default 127.0.0.1:8000), demo data loaded
+## into an empty store unless MATCHER_LOAD_DEMO=0.
+run: install
+	$(BIN)/python -m matcher init
+	exec $(BIN)/gunicorn -c service/gunicorn_conf.py "service:create_app()"
+
+## Run the test suite.
+test: install
+	$(BIN)/python -m pytest -q tests
+
+## Latency and indexing throughput at 1k and 10k organisations (needs ../shared/data/cordis).
+bench: install
+	$(BIN)/python bench/latency.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,1 @@
+"""The matching engine: profile text, encoder, FAISS index, ranking, explanations. Plain Python."""

@@ -1,0 +1,169 @@
+"""``python -m matcher``: the engine's command line.
+
+    python -m matcher init                      create the store; load the demo data if it is empty
+    python -m matcher import organisations FILE JSONL, JSON or CSV (optionally .gz), all or nothing
+    python -m matcher import challenges FILE
+    python -m matcher match --text "..." -k 10  ranked, explained matches
+    python -m matcher reindex [--force]         embed what is missing or stale, rewrite index snapshots
+    python -m matcher status                    what the store and indexes hold
+
+Settings come from the MATCHER_* environment variables (see the README).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from models.enums import EntityKind, OrgType
+
+
+def _engine():
+    from matcher.engine import Engine
+    from matcher.settings import Settings
+
+    return Engine(Settings.from_env()).open()
+
+
+def cmd_init(args) -> int:
+    from matcher.demo import load_demo
+
+    engine = _engine()
+    empty = all(engine.store.count(kind) == 0 for kind in EntityKind)
+    load = engine.settings.load_demo if args.demo is None else args.demo
+    if empty and load:
+        counts = load_demo(engine, progress=not args.quiet)
+        print(f"loaded the demo data: {counts['organisations']} organisations, {counts['challenges']} challenges")
+    engine.load_indexes()
+    if any(engine.stale.values()):
+        print(f"embedding stale entities: {engine.stale}")
+        engine.reindex()
+    status = engine.status()
+    print(f"store ready: {status['indexed']['organisations']} organisations, {status['indexed']['challenges']} challenges "
+          f"indexed with {status['model']} ({engine.settings.db_url.split('://')[0]})")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from matcher.records import import_file
+
+    engine = _engine()
+    kind = EntityKind(args.kind)
+    try:
+        report = import_file(engine, kind, args.file, progress=not args.quiet)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if report.errors:
+        for error in report.errors[:200]:
+            print(f"{args.file}: {error}", file=sys.stderr)
+        if len(report.errors) > 200:
+            print(f"... and {len(report.errors) - 200} more", file=sys.stderr)
+        print(f"{len(report.errors)} problem(s) in {report.read} record(s); nothing was imported", file=sys.stderr)
+        return 1
+    print(f"imported {report.written} {kind.value} from {args.file}")
+    return 0
+
+
+def cmd_match(args) -> int:
+    from pydantic import ValidationError
+
+    from models.schemas import MatchRequest, problems
+    from models.store import NotFoundError
+
+    query = {"text": args.text, "challenge_id": args.challenge_id, "organisation_id": args.organisation_id}
+    body = {
+        "query": {k: v for k, v in query.items() if v is not None},
+        "target": args.target,
+        "k": args.k,
+        "filters": {"types": args.type or [], "countries": args.country or [], "exclude_ids": args.exclude or []},
+        "explain": not args.no_explain,
+    }
+    try:
+        request = MatchRequest.model_validate(body)
+    except ValidationError as exc:
+        for p in problems(exc):
+            print(f"error: {p['field']}: {p['problem']}", file=sys.stderr)
+        return 2
+    engine = _engine()
+    try:
+        result = engine.match(request)
+    except NotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    for rank, m in enumerate(result["matches"], start=1):
+        where = f", {m['country']}" if m.get("country") else ""
+        kind = f" ({m['type']}{where})" if m.get("type") else (f" ({m['country']})" if m.get("country") else "")
+        print(f"{rank:>3}. {m['score']:.3f}  {m['name']}{kind}  [{m['id']}]")
+        if m.get("explanation"):
+            print(f"      {m['explanation']['summary']}")
+            if m["explanation"].get("closest_sentence"):
+                print(f"      closest: \"{m['explanation']['closest_sentence']}\"")
+    print(f"({len(result['matches'])} matches in {result['took_ms']} ms)")
+    return 0
+
+
+def cmd_reindex(args) -> int:
+    from tqdm import tqdm
+
+    engine = _engine()
+    engine.load_indexes()
+    with tqdm(desc="embedding", unit=" items", disable=args.quiet) as bar:
+        counts = engine.reindex(force=args.force, progress=bar.update)
+    print(f"re-embedded {counts}; indexes and snapshots rebuilt: {engine.status()['indexed']}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    engine = _engine()
+    engine.load_indexes()
+    print(json.dumps({"settings": engine.settings.describe(), **engine.status()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m matcher", description="Partner matching for innovation ecosystems.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="create the store; load the demo data when it is empty")
+    p.add_argument("--demo", dest="demo", action="store_true", default=None, help="load the demo data if the store is empty")
+    p.add_argument("--no-demo", dest="demo", action="store_false", help="never load the demo data")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("import", help="import organisations or challenges from a JSONL, JSON or CSV file")
+    p.add_argument("kind", choices=[k.value for k in EntityKind])
+    p.add_argument("file")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("match", help="ranked, explained matches for a text, a challenge or an organisation")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--text")
+    q.add_argument("--challenge-id")
+    q.add_argument("--organisation-id")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--target", choices=[k.value for k in EntityKind], default="organisations")
+    p.add_argument("--type", action="append", choices=[t.value for t in OrgType], help="repeat for several")
+    p.add_argument("--country", action="append", help="ISO code; repeat for several")
+    p.add_argument("--exclude", action="append", help="an id to leave out; repeat for several")
+    p.add_argument("--no-explain", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.set_defaults(func=cmd_match)
+
+    p = sub.add_parser("reindex", help="embed missing or stale entities and rebuild the index snapshots")
+    p.add_argument("--force", action="store_true", help="re-embed everything")
+    p.set_defaults(func=cmd_reindex)
+
+    p = sub.add_parser("status", help="settings, store and index state as JSON")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)

@@ -1,0 +1,427 @@
+"""The matching engine: store + encoder + one vector index per entity kind, kept in sync.
+
+Usable without the web service. Each process holds its own indexes; before every search it compares its
+sequence number with the store's (one small query) and replays the store's change log when they differ,
+so a write through any process is matched by every other at once, and a deleted entity never comes back.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+import numpy as np
+
+from matcher import explain
+from matcher.encoder import Encoder, from_bytes, to_bytes
+from matcher.index import Filter, SnapshotError, VectorIndex
+from matcher.settings import Settings
+from matcher.text import entity_text, profile_terms_text, split_sentences, text_hash
+from models.enums import EntityKind, OrgType
+from models.schemas import InvalidInput, MatchRequest, validate_entities, validate_entity
+from models.store import EmbeddingRecord, NotFoundError, Store
+
+log = logging.getLogger(__name__)
+
+KINDS = (EntityKind.organisations, EntityKind.challenges)
+_SENTENCE_CACHE = 50_000
+_MAX_EXPLAIN_SENTENCES = 40
+
+
+class Engine:
+    def __init__(self, settings: Settings, store: Store | None = None, encoder: Encoder | None = None):
+        self.settings = settings
+        if store is None and settings.db_url.startswith("sqlite:///"):
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = store or Store(settings.db_url)
+        self._encoder = encoder
+        self.indexes: dict[EntityKind, VectorIndex] = {}
+        self.stale: dict[EntityKind, int] = {kind: 0 for kind in KINDS}
+        self.synced_seq = -1
+        self._lock = threading.RLock()
+        self._sentences: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._changes_since_snapshot = 0
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    @property
+    def encoder(self) -> Encoder:
+        """The model, loaded on first use, once per process."""
+        if self._encoder is None:
+            with self._lock:
+                if self._encoder is None:
+                    self._encoder = Encoder(self.settings.model, batch_size=self.settings.encode_batch_size)
+        return self._encoder
+
+    @property
+    def encoder_loaded(self) -> bool:
+        return self._encoder is not None
+
+    def open(self) -> "Engine":
+        """Create the tables if needed."""
+        self.store.create_all()
+        return self
+
+    def _snapshot_path(self, kind: EntityKind):
+        return self.settings.index_dir / f"{kind.value}.snapshot.npz"
+
+    def _snapshot_key(self) -> str:
+        return f"{self.encoder.name}|{self.store.store_uid()}"
+
+    def load_indexes(self) -> None:
+        """Load the indexes from their snapshots (or build them from the store), then catch up with the store."""
+        with self._lock:
+            key = self._snapshot_key()
+            try:
+                loaded = {kind: VectorIndex.load(self._snapshot_path(kind), model=key, dim=self.encoder.dim) for kind in KINDS}
+                if any(seq > self.store.current_seq() for _, seq in loaded.values()):
+                    raise SnapshotError("a snapshot is ahead of the store")
+                self.indexes = {kind: index for kind, (index, _) in loaded.items()}
+                # Replaying from the older snapshot's seq is harmless for the newer one: a replay is idempotent.
+                self.synced_seq = min(seq for _, seq in loaded.values())
+                rebuilt = False
+            except SnapshotError as exc:
+                log.info("building the indexes from the store (%s)", exc)
+                self.synced_seq = self.store.current_seq()
+                self.indexes = {kind: self._build(kind) for kind in KINDS}
+                rebuilt = True
+            self.sync()
+            self._count_stale()
+            if rebuilt:
+                self.save_snapshots()
+
+    def _build(self, kind: EntityKind) -> VectorIndex:
+        index = VectorIndex(self.encoder.dim)
+        nums, vectors, metas = [], [], []
+        for row in self.store.vectors(kind):
+            if row.vector is None or row.model != self.encoder.name:
+                continue
+            nums.append(row.num)
+            vectors.append(from_bytes(row.vector))
+            metas.append({"id": row.id, **row.meta})
+            if len(nums) >= 5000:
+                index.upsert(nums, np.vstack(vectors), metas)
+                nums, vectors, metas = [], [], []
+        if nums:
+            index.upsert(nums, np.vstack(vectors), metas)
+        return index
+
+    def _count_stale(self) -> None:
+        for kind in KINDS:
+            self.stale[kind] = self.store.count(kind) - len(self.indexes[kind])
+
+    def save_snapshots(self) -> None:
+        with self._lock:
+            key = self._snapshot_key()
+            for kind, index in self.indexes.items():
+                index.save(self._snapshot_path(kind), seq=self.synced_seq, model=key)
+            self._changes_since_snapshot = 0
+
+    def ensure_ready(self) -> None:
+        if not self.indexes:
+            self.load_indexes()
+
+    # --- keeping in sync ------------------------------------------------------------------------
+
+    def sync(self) -> int:
+        """Apply the store's changes since the last sync; returns how many were applied."""
+        self.ensure_ready()
+        if self.store.current_seq() == self.synced_seq:
+            return 0
+        with self._lock:
+            changes = self.store.changes_since(self.synced_seq)
+            applied = self._replay(changes)
+            if changes:
+                self.synced_seq = max(self.synced_seq, max(c.seq for c in changes))
+            self._changes_since_snapshot += applied
+            if applied:
+                self._count_stale()
+            if self._changes_since_snapshot >= self.settings.snapshot_every:
+                self.save_snapshots()
+            return applied
+
+    def _replay(self, changes, kinds=KINDS) -> int:
+        last: dict[tuple[EntityKind, int], str] = {}
+        for change in changes:
+            if change.kind in kinds:
+                last[(change.kind, change.num)] = change.op
+        for kind in kinds:
+            index = self.indexes[kind]
+            gone = [num for (k, num), op in last.items() if k is kind and op == "delete"]
+            index.remove(gone)
+            upserted = [num for (k, num), op in last.items() if k is kind and op == "upsert"]
+            found = set()
+            for start in range(0, len(upserted), 2000):
+                rows = [r for r in self.store.vectors(kind, upserted[start : start + 2000])]
+                fresh = [r for r in rows if r.vector is not None and r.model == self.encoder.name]
+                found.update(r.num for r in fresh)
+                index.remove([r.num for r in rows if r.num not in found])  # now stale
+                if fresh:
+                    index.upsert(
+                        [r.num for r in fresh],
+                        np.vstack([from_bytes(r.vector) for r in fresh]),
+                        [{"id": r.id, **r.meta} for r in fresh],
+                    )
+            index.remove([n for n in upserted if n not in found])  # deleted since, or stale
+        return len(last)
+
+    def status(self) -> dict:
+        """What /readyz reports: ready when the model is loaded and every index matches the store."""
+        store_seq = self.store.current_seq()
+        ready = self.encoder_loaded and bool(self.indexes) and self.synced_seq == store_seq and not any(self.stale.values())
+        return {
+            "ready": ready,
+            "model": self._encoder.name if self._encoder else None,
+            "store_seq": store_seq,
+            "index_seq": self.synced_seq,
+            "indexed": {k.value: len(i) for k, i in self.indexes.items()},
+            "stale_embeddings": {k.value: n for k, n in self.stale.items()},
+        }
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def _embed(self, kind: EntityKind, docs: list[dict], progress=None) -> list[EmbeddingRecord]:
+        """Embeddings for documents, reusing the stored one wherever the text and model are unchanged."""
+        texts = [entity_text(kind, d) for d in docs]
+        hashes = [text_hash(t) for t in texts]
+        stored = self.store.embeddings_of(kind, [d["id"] for d in docs])
+        model = self.encoder.name
+        records: list[EmbeddingRecord | None] = []
+        todo = []
+        for i, (doc, h) in enumerate(zip(docs, hashes)):
+            old = stored.get(doc["id"])
+            if old is not None and old.text_hash == h and old.model == model:
+                records.append(old)
+            else:
+                records.append(None)
+                todo.append(i)
+        step = 256
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
+            vectors = self.encoder.encode([texts[i] for i in chunk])
+            for i, vector in zip(chunk, vectors):
+                records[i] = EmbeddingRecord(to_bytes(vector), model, hashes[i])
+            if progress is not None:
+                progress(len(chunk))
+        if progress is not None and len(todo) < len(docs):
+            progress(len(docs) - len(todo))
+        return records  # type: ignore[return-value]
+
+    def _check_owners(self, docs: list[dict], single: bool) -> None:
+        owners = {d["owner_id"] for d in docs if d.get("owner_id")}
+        missing = owners - self.store.existing_ids(EntityKind.organisations, owners)
+        if missing:
+            details = [
+                {"field": "owner_id" if single else f"items[{i}].owner_id", "problem": f"no organisation with id '{d['owner_id']}'"}
+                for i, d in enumerate(docs)
+                if d.get("owner_id") in missing
+            ]
+            raise InvalidInput(details, "owner_id names an organisation that is not stored; nothing was written")
+
+    def write(self, kind: EntityKind, docs: list[dict], *, create_only=False, single=False, progress=None) -> list[dict]:
+        """Embed and store validated documents in one transaction, then bring this process's index up to date."""
+        if kind is EntityKind.challenges:
+            self._check_owners(docs, single)
+        records = self._embed(kind, docs, progress)
+        stored = self.store.upsert(kind, list(zip(docs, records)), create_only=create_only)
+        self.sync()
+        return stored
+
+    def create(self, kind: EntityKind, data) -> dict:
+        doc = validate_entity(kind, data)
+        return self.write(kind, [doc], create_only=True, single=True)[0]
+
+    def upsert_many(self, kind: EntityKind, items: list) -> list[dict]:
+        return self.write(kind, validate_entities(kind, items))
+
+    def get(self, kind: EntityKind, entity_id: str) -> dict:
+        doc = self.store.get(kind, entity_id)
+        if doc is None:
+            raise NotFoundError(kind, entity_id)
+        return doc
+
+    def replace(self, kind: EntityKind, entity_id: str, data) -> dict:
+        self.get(kind, entity_id)
+        doc = validate_entity(kind, data, entity_id=entity_id)
+        return self.write(kind, [doc], single=True)[0]
+
+    def patch(self, kind: EntityKind, entity_id: str, changes) -> dict:
+        """Merge the given top-level fields into the stored entity (null removes an optional one)."""
+        current = self.get(kind, entity_id)
+        if not isinstance(changes, dict):
+            raise InvalidInput([{"field": "body", "problem": "must be a JSON object"}])
+        merged = {k: v for k, v in current.items() if k not in ("created_at", "updated_at")}
+        merged.update(changes)
+        merged = {k: v for k, v in merged.items() if v is not None}
+        doc = validate_entity(kind, merged, entity_id=entity_id)
+        return self.write(kind, [doc], single=True)[0]
+
+    def delete(self, kind: EntityKind, entity_id: str) -> None:
+        on_delete = None
+        if kind is EntityKind.organisations:
+            on_delete = lambda conn, seq: self.store.detach_owner(conn, seq, entity_id)  # noqa: E731
+        if not self.store.delete(kind, entity_id, on_delete=on_delete):
+            raise NotFoundError(kind, entity_id)
+        self.sync()
+
+    def reindex(self, force: bool = False, progress=None) -> dict:
+        """Embed every entity whose stored embedding is missing, stale or (with force) any; rewrite snapshots."""
+        counts = {}
+        for kind in KINDS:
+            todo = {}
+            for row in self.store.vectors(kind):
+                if force or row.vector is None or row.model != self.encoder.name:
+                    todo[row.id] = row
+            docs = list(self.store.get_many(kind, list(todo)).values())
+            records = {}
+            for start in range(0, len(docs), 256):
+                chunk = docs[start : start + 256]
+                texts = [entity_text(kind, d) for d in chunk]
+                for doc, text, vector in zip(chunk, texts, self.encoder.encode(texts)):
+                    records[doc["id"]] = EmbeddingRecord(to_bytes(vector), self.encoder.name, text_hash(text))
+                if progress is not None:
+                    progress(len(chunk))
+            counts[kind.value] = self.store.set_embeddings(kind, records)
+        self.indexes = {}
+        self.load_indexes()
+        self.save_snapshots()
+        return counts
+
+    # --- matching -------------------------------------------------------------------------------
+
+    def _query(self, request: MatchRequest, text_vectors: dict[str, np.ndarray]):
+        """The query vector, the query's own document (None for free text) and its kind."""
+        q = request.query
+        if q.text is not None:
+            vector = text_vectors.get(q.text)
+            if vector is None:
+                vector = self.encoder.encode([q.text])[0]
+            return vector, None, None
+        kind = EntityKind.challenges if q.challenge_id is not None else EntityKind.organisations
+        entity_id = q.challenge_id if q.challenge_id is not None else q.organisation_id
+        doc = self.store.get(kind, entity_id)
+        if doc is None:
+            raise NotFoundError(kind, entity_id, field=f"query.{'challenge_id' if kind is EntityKind.challenges else 'organisation_id'}")
+        num = self.indexes[kind].num_of.get(entity_id)
+        vector = self.indexes[kind].vector(num) if num is not None else self.encoder.encode([entity_text(kind, doc)])[0]
+        return vector, doc, kind
+
+    def match(self, request: MatchRequest) -> dict:
+        return self.match_many([request])[0]
+
+    def match_many(self, requests: list[MatchRequest]) -> list[dict]:
+        """Ranked, explained matches for each request, best first."""
+        self.sync()
+        texts = list(dict.fromkeys(r.query.text for r in requests if r.query.text is not None))
+        text_vectors = dict(zip(texts, self.encoder.encode(texts))) if texts else {}
+        return [self._match_one(r, text_vectors) for r in requests]
+
+    def _match_one(self, request: MatchRequest, text_vectors) -> dict:
+        started = time.perf_counter()
+        target = EntityKind(request.target)
+        vector, query_doc, query_kind = self._query(request, text_vectors)
+        index = self.indexes[target]
+        exclude = [index.num_of[i] for i in request.filters.exclude_ids if i in index.num_of]
+        if query_doc is not None and query_kind is target and query_doc["id"] in index.num_of:
+            exclude.append(index.num_of[query_doc["id"]])  # never match an entity with itself
+        if query_kind is EntityKind.challenges and target is EntityKind.organisations:
+            owner = query_doc.get("owner_id")
+            if owner in index.num_of:
+                exclude.append(index.num_of[owner])  # nor a challenge with the organisation that posted it
+        flt = Filter(
+            types=tuple(request.filters.types),
+            countries=tuple(request.filters.countries),
+            status=None if target is EntityKind.organisations or request.filters.status == "any" else request.filters.status,
+            exclude_nums=tuple(exclude),
+        )
+        hits = index.search(vector[None, :], request.k, flt)[0]
+        docs = self.store.get_by_nums(target, [n for n, _ in hits]) if request.explain else {}
+        matches = []
+        explanations = self._explain(vector, request, query_doc, query_kind, target, hits, docs) if request.explain else {}
+        for num, similarity in hits:
+            meta = index.meta[num]
+            matches.append(
+                {
+                    "id": meta["id"],
+                    "name": meta["name"],
+                    "type": meta.get("type") if target is EntityKind.organisations else None,
+                    "country": meta.get("country"),
+                    "score": round(float(np.clip(similarity, 0.0, 1.0)), 4),
+                    "explanation": explanations.get(num),
+                }
+            )
+        if target is EntityKind.challenges:
+            for m, (num, _) in zip(matches, hits):
+                m["status"] = index.meta[num].get("status")
+        return {"matches": matches, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+    def _sentence_vectors(self, sentences: list[str]) -> np.ndarray:
+        missing = [s for s in dict.fromkeys(sentences) if s not in self._sentences]
+        if missing:
+            for s, v in zip(missing, self.encoder.encode_sentences(missing)):
+                self._sentences[s] = v
+            while len(self._sentences) > _SENTENCE_CACHE:
+                self._sentences.popitem(last=False)
+        for s in sentences:
+            self._sentences.move_to_end(s)
+        return np.vstack([self._sentences[s] for s in sentences]) if sentences else np.zeros((0, self.encoder.dim), np.float32)
+
+    def _explain(self, vector, request, query_doc, query_kind, target, hits, docs) -> dict[int, dict]:
+        query_text = request.query.text if query_doc is None else profile_terms_text(query_doc)
+        query_terms = explain.key_terms(query_text)
+        per_hit = {}
+        for num, _ in hits:
+            doc = docs.get(num)
+            if doc is None:  # deleted between search and fetch
+                continue
+            # Sentences of what the profile says of itself (the description first), not its labels.
+            sentences = split_sentences(doc["description"])[:_MAX_EXPLAIN_SENTENCES]
+            per_hit[num] = (doc, sentences)
+        all_sentences = [s for _, sentences in per_hit.values() for s in sentences]
+        vectors = self._sentence_vectors(all_sentences)
+        out, row = {}, 0
+        for num, similarity in hits:
+            if num not in per_hit:
+                continue
+            doc, sentences = per_hit[num]
+            closest = explain.closest_sentence(vector, sentences, vectors[row : row + len(sentences)])
+            row += len(sentences)
+            score = float(np.clip(similarity, 0.0, 1.0))
+            shared = explain.shared_terms(query_terms, profile_terms_text(doc))
+            query_sectors = {s.lower() for s in (query_doc or {}).get("sectors", [])}
+            sectors = [s for s in doc.get("sectors", []) if s.lower() in query_sectors]
+            offers, type_fit = self._fit(request, query_doc, query_kind, target, doc)
+            out[num] = {
+                "summary": explain.summary(score, shared=shared, sectors=sectors, offers=offers, type_fit=type_fit),
+                "closest_sentence": closest[0] if closest else None,
+                "closest_sentence_similarity": round(closest[1], 4) if closest else None,
+                "shared_terms": shared,
+                "shared_sectors": sectors,
+                "offers_for_needs": offers,
+                "type_fit": type_fit,
+            }
+        return out
+
+    @staticmethod
+    def _fit(request, query_doc, query_kind, target, doc) -> tuple[list[str], str | None]:
+        """What one side offers of what the other needs, and whether the organisation type is wanted."""
+        if query_doc is None:  # free text: the offers that speak to it
+            return explain.phrase_overlap([request.query.text], doc.get("offers", [])), None
+        if target is EntityKind.organisations:
+            offers = explain.phrase_overlap(query_doc.get("needs", []), doc.get("offers", []))
+            preferred = query_doc.get("preferred_partner_types") or [] if query_kind is EntityKind.challenges else []
+            org_type = doc["type"]
+        else:  # an organisation (or a challenge) looking at challenges
+            offers = explain.phrase_overlap(doc.get("needs", []), query_doc.get("offers", []))
+            preferred = doc.get("preferred_partner_types") or []
+            org_type = query_doc.get("type")
+        type_fit = None
+        if preferred and org_type:
+            label = explain.type_label(OrgType(org_type).value)
+            type_fit = (
+                f"{explain.article(label)} {label} is a partner type the challenge prefers"
+                if org_type in preferred
+                else f"the challenge prefers {', '.join(explain.type_label(p) for p in preferred)}, not {explain.article(label)} {label}"
+            )
+        return offers, type_fit

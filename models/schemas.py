@@ -1,0 +1,276 @@
+"""Typed schemas of the domain: what an Organisation, a Challenge and a Match are.
+
+Input models (``OrganisationIn``, ``ChallengeIn``) validate what a caller sends; the stored models add
+server-set fields. Limits are enforced, never applied by silent truncation.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    StringConstraints,
+    model_validator,
+)
+
+from models.countries import normalise_country
+from models.enums import ChallengeStatus, EntityKind, OrgType, PartnershipForm
+
+# Limits. Over-limit input is rejected with a message naming the field.
+MAX_DESCRIPTION = 20_000
+MAX_NAME = 300
+MAX_PHRASE = 200
+MAX_LIST = 50
+MAX_PAST_PROJECTS = 200
+MAX_PARTNER_IDS = 200
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
+_URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
+
+EntityId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME)]
+Description = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_DESCRIPTION)
+]
+Phrase = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PHRASE)]
+Place = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+Country = Annotated[str, AfterValidator(normalise_country)]
+
+
+def _check_email(value: str) -> str:
+    if len(value) > 320 or not _EMAIL.match(value):
+        raise ValueError("not a valid e-mail address")
+    return value
+
+
+def _check_url(value: str) -> str:
+    if len(value) > 2000 or not _URL.match(value):
+        raise ValueError("not an http(s) URL")
+    return value
+
+
+Email = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_check_email)]
+Url = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_check_url)]
+PhraseList = Annotated[list[Phrase], Field(max_length=MAX_LIST)]
+
+
+class InvalidInput(Exception):
+    """Input that fails validation; ``details`` lists each problem as {"field", "problem"}."""
+
+    def __init__(self, details: list[dict], message: str = "the request is not valid"):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+def field_path(loc: tuple, prefix: str = "") -> str:
+    """A pydantic error location as a dotted path, e.g. items[3].past_projects[0].year."""
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path or "body"
+
+
+def problems(error: ValidationError, prefix: str = "") -> list[dict]:
+    """A pydantic ValidationError as {"field", "problem"} details."""
+    out = []
+    for item in error.errors(include_url=False, include_input=False):
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        message = item["msg"].removeprefix("Value error, ")
+        out.append({"field": field_path(loc, prefix), "problem": message})
+    return out
+
+
+def new_id(kind: EntityKind) -> str:
+    """An id for an entity whose caller gave none."""
+    prefix = "org" if kind is EntityKind.organisations else "ch"
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=True)
+
+
+class PastProject(_Strict):
+    """A project the organisation took part in: the track record a platform knows."""
+
+    title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+    year: Annotated[int, Field(ge=1950, le=2100)] | None = None
+    role: Annotated[str, StringConstraints(strip_whitespace=True, max_length=50)] | None = None
+    # May name organisations that are not stored (e.g. from EU project data): never an error.
+    partner_ids: Annotated[list[EntityId], Field(max_length=MAX_PARTNER_IDS)] = []
+
+
+class _Timestamps(BaseModel):
+    # Read-only. Accepted on input so a GET -> edit -> PUT round trip works; the server sets them.
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
+
+
+class OrganisationIn(_Strict, _Timestamps):
+    """An organisation profile as a caller sends it."""
+
+    id: EntityId | None = None
+    name: Name
+    type: OrgType
+    description: Description
+    offers: PhraseList = []
+    needs: PhraseList = []
+    sectors: PhraseList = []
+    country: Country | None = None
+    region: Place | None = None
+    city: Place | None = None
+    website: Url | None = None
+    contact_email: Email | None = None
+    email_opt_in: bool = False
+    past_projects: Annotated[list[PastProject], Field(max_length=MAX_PAST_PROJECTS)] = []
+    partnership_forms: Annotated[list[PartnershipForm], Field(max_length=len(PartnershipForm))] = []
+    tags: PhraseList = []
+
+
+class ChallengeIn(_Strict, _Timestamps):
+    """A challenge as a caller sends it: a need published by a city, a firm or a research group."""
+
+    id: EntityId | None = None
+    title: Name
+    description: Description
+    owner_id: EntityId | None = None
+    sectors: PhraseList = []
+    needs: PhraseList = []
+    preferred_partner_types: Annotated[list[OrgType], Field(max_length=len(OrgType))] = []
+    country: Country | None = None
+    region: Place | None = None
+    city: Place | None = None
+    partnership_forms: Annotated[list[PartnershipForm], Field(max_length=len(PartnershipForm))] = []
+    deadline: dt.date | None = None
+    status: ChallengeStatus = ChallengeStatus.open
+
+
+INPUT_MODELS: dict[EntityKind, type[_Strict]] = {
+    EntityKind.organisations: OrganisationIn,
+    EntityKind.challenges: ChallengeIn,
+}
+
+
+def validate_entity(kind: EntityKind, data: Any, entity_id: str | None = None, prefix: str = "") -> dict:
+    """Validate one entity and return its stored document (JSON-ready dict, id filled in).
+
+    ``entity_id`` (from a URL) fills the id; a different id in the body is an error.
+    Raises ``InvalidInput`` naming each field at fault (under ``prefix``, e.g. ``items[3]``).
+    """
+    if not isinstance(data, dict):
+        raise InvalidInput([{"field": prefix or "body", "problem": "must be a JSON object"}])
+    try:
+        model = INPUT_MODELS[kind].model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(problems(exc, prefix)) from None
+    doc = model.model_dump(mode="json", exclude={"created_at", "updated_at"})
+    if entity_id is not None:
+        if doc.get("id") not in (None, entity_id):
+            field = field_path(("id",), prefix)
+            raise InvalidInput([{"field": field, "problem": f"'{doc['id']}' does not match the id in the URL"}])
+        doc["id"] = entity_id
+    if not doc.get("id"):
+        doc["id"] = new_id(kind)
+    return doc
+
+
+def validate_entities(kind: EntityKind, items: list) -> list[dict]:
+    """Validate many entities (a bulk request or a file); every problem of every item is reported."""
+    docs, details, seen = [], [], {}
+    for i, item in enumerate(items):
+        try:
+            doc = validate_entity(kind, item, prefix=f"items[{i}]")
+        except InvalidInput as exc:
+            details.extend(exc.details)
+            continue
+        if doc["id"] in seen:
+            details.append({"field": f"items[{i}].id", "problem": f"duplicate of items[{seen[doc['id']]}].id"})
+        seen.setdefault(doc["id"], i)
+        docs.append(doc)
+    if details:
+        raise InvalidInput(details, f"{len({d['field'].split('.')[0] for d in details})} item(s) are not valid; nothing was written")
+    return docs
+
+
+# --- Match requests and results -----------------------------------------------------------------
+
+MAX_K = 100
+MAX_QUERY_TEXT = MAX_DESCRIPTION
+MAX_BATCH_REQUESTS = 100
+MAX_BULK_ITEMS = 1000
+
+
+class MatchQuery(_Strict):
+    """Exactly one of ``text``, ``challenge_id`` or ``organisation_id``."""
+
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_TEXT)] | None = None
+    challenge_id: EntityId | None = None
+    organisation_id: EntityId | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("text", "challenge_id", "organisation_id") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of text, challenge_id, organisation_id"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+
+class MatchFilters(_Strict):
+    types: Annotated[list[OrgType], Field(max_length=len(OrgType))] = []
+    countries: Annotated[list[Country], Field(max_length=300)] = []
+    exclude_ids: Annotated[list[EntityId], Field(max_length=10_000)] = []
+    # Challenges only: which status to return; "any" returns both.
+    status: Literal["open", "closed", "any"] = "open"
+
+
+class MatchRequest(_Strict):
+    query: MatchQuery
+    target: EntityKind = EntityKind.organisations
+    k: Annotated[int, Field(ge=1, le=MAX_K, strict=True)] = 10
+    filters: MatchFilters = MatchFilters()
+    explain: bool = True
+
+
+class BatchMatchRequest(_Strict):
+    requests: Annotated[list[MatchRequest], Field(min_length=1, max_length=MAX_BATCH_REQUESTS)]
+
+
+class Explanation(BaseModel):
+    """Why a match was made, from the signals that ranked it."""
+
+    summary: str
+    closest_sentence: str | None = None
+    closest_sentence_similarity: float | None = None
+    shared_terms: list[str] = []
+    shared_sectors: list[str] = []
+    offers_for_needs: list[str] = []
+    type_fit: str | None = None
+
+
+class Match(BaseModel):
+    id: str
+    name: str
+    type: str | None = None
+    country: str | None = None
+    score: float
+    explanation: Explanation | None = None
+
+
+class MatchResponse(BaseModel):
+    matches: list[Match]
+    took_ms: float

@@ -1,0 +1,383 @@
+"""Persistence: one ``Store`` over any SQLAlchemy URL (SQLite by default, PostgreSQL in production).
+
+Every write is one transaction: it takes the next sequence number, writes the entities with their
+embeddings, and logs the change. A failing write leaves the store as it was.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+
+from models.enums import EntityKind
+from models.tables import ENTITY_TABLES, challenges, changes, metadata, sync_state
+
+_CHUNK = 500  # ids per IN (...) clause, well under SQLite's variable limit
+
+
+class NotFoundError(Exception):
+    """No entity with that id."""
+
+    def __init__(self, kind: EntityKind, entity_id: str, field: str | None = None):
+        super().__init__(f"no {kind.value[:-1]} with id '{entity_id}'")
+        self.kind, self.entity_id, self.field = kind, entity_id, field
+
+
+class ConflictError(Exception):
+    """An entity with that id exists already."""
+
+    def __init__(self, kind: EntityKind, entity_id: str):
+        super().__init__(f"{kind.value[:-1]} '{entity_id}' exists already")
+        self.kind, self.entity_id = kind, entity_id
+
+
+@dataclass(frozen=True)
+class EmbeddingRecord:
+    """An embedding as stored beside its entity."""
+
+    vector: bytes  # float32, little-endian
+    model: str
+    text_hash: str
+
+
+@dataclass(frozen=True)
+class Change:
+    seq: int
+    kind: EntityKind
+    entity_id: str
+    num: int
+    op: str  # "upsert" | "delete"
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    """What a vector index needs of one entity: its row number, id, filter fields and embedding."""
+
+    num: int
+    id: str
+    meta: dict
+    vector: bytes | None
+    model: str | None
+    text_hash: str | None
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+
+
+def _iso(value: dt.datetime) -> str:
+    return _aware(value).isoformat().replace("+00:00", "Z")
+
+
+def index_meta(kind: EntityKind, doc: dict) -> dict:
+    """The fields a vector index filters on and a match result shows, without another query."""
+    if kind is EntityKind.organisations:
+        return {"name": doc["name"], "type": doc["type"], "country": doc.get("country")}
+    return {
+        "name": doc["title"],
+        "status": doc.get("status", "open"),
+        "country": doc.get("country"),
+        "owner_id": doc.get("owner_id"),
+        "preferred_partner_types": doc.get("preferred_partner_types") or [],
+    }
+
+
+def _columns(kind: EntityKind, doc: dict) -> dict:
+    """The filter columns of an entity row, derived from its document."""
+    cols = {"country": doc.get("country")}
+    if kind is EntityKind.organisations:
+        cols.update(type=doc["type"], email_opt_in=bool(doc.get("email_opt_in")))
+    else:
+        deadline = doc.get("deadline")
+        cols.update(
+            status=doc.get("status", "open"),
+            owner_id=doc.get("owner_id"),
+            deadline=dt.date.fromisoformat(deadline) if deadline else None,
+        )
+    return cols
+
+
+class Store:
+    def __init__(self, url: str, echo: bool = False):
+        self.url = url
+        kwargs: dict = {"echo": echo, "future": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
+        else:
+            kwargs.update(pool_pre_ping=True)
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def create_all(self) -> None:
+        """Create the tables if missing (idempotent, safe to run from several processes)."""
+        metadata.create_all(self.engine)
+        with self.engine.begin() as conn:
+            if conn.execute(select(sync_state.c.seq).where(sync_state.c.id == 1)).first() is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(sync_state).values(id=1, seq=0, store_uid=uuid.uuid4().hex))
+                except Exception:  # another process inserted it first
+                    pass
+
+    def dispose(self) -> None:
+        """Drop pooled connections (call in a child process after fork)."""
+        self.engine.dispose(close=False)
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def current_seq(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(sync_state.c.seq).where(sync_state.c.id == 1)).scalar_one()
+
+    def store_uid(self) -> str:
+        """A random id made when the store was created: tells one database from another."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(sync_state.c.store_uid).where(sync_state.c.id == 1)).scalar_one()
+
+    def get(self, kind: EntityKind, entity_id: str) -> dict | None:
+        return self.get_many(kind, [entity_id]).get(entity_id)
+
+    def get_many(self, kind: EntityKind, ids: Iterable[str]) -> dict[str, dict]:
+        table = ENTITY_TABLES[kind]
+        ids = list(dict.fromkeys(ids))
+        found: dict[str, dict] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), _CHUNK):
+                rows = conn.execute(
+                    select(table.c.id, table.c.data, table.c.created_at, table.c.updated_at).where(
+                        table.c.id.in_(ids[start : start + _CHUNK])
+                    )
+                )
+                for row in rows:
+                    found[row.id] = _document(row)
+        return found
+
+    def get_by_nums(self, kind: EntityKind, nums: Iterable[int]) -> dict[int, dict]:
+        table = ENTITY_TABLES[kind]
+        nums = [int(n) for n in nums]
+        out: dict[int, dict] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(nums), _CHUNK):
+                rows = conn.execute(
+                    select(table.c.num, table.c.id, table.c.data, table.c.created_at, table.c.updated_at).where(
+                        table.c.num.in_(nums[start : start + _CHUNK])
+                    )
+                )
+                for row in rows:
+                    out[row.num] = _document(row)
+        return out
+
+    def list(
+        self,
+        kind: EntityKind,
+        *,
+        limit: int = 50,
+        after_id: str | None = None,
+        type: str | None = None,
+        country: str | None = None,
+        status: str | None = None,
+    ) -> list[dict]:
+        """A page of entities in id order, after ``after_id`` (keyset pagination)."""
+        table = ENTITY_TABLES[kind]
+        query = select(table.c.id, table.c.data, table.c.created_at, table.c.updated_at).order_by(table.c.id)
+        if after_id is not None:
+            query = query.where(table.c.id > after_id)
+        if type is not None and kind is EntityKind.organisations:
+            query = query.where(table.c.type == type)
+        if status is not None and kind is EntityKind.challenges:
+            query = query.where(table.c.status == status)
+        if country is not None:
+            query = query.where(table.c.country == country)
+        with self.engine.connect() as conn:
+            return [_document(row) for row in conn.execute(query.limit(limit))]
+
+    def count(self, kind: EntityKind) -> int:
+        table = ENTITY_TABLES[kind]
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+    def existing_ids(self, kind: EntityKind, ids: Iterable[str]) -> set[str]:
+        table = ENTITY_TABLES[kind]
+        ids = list(dict.fromkeys(ids))
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), _CHUNK):
+                found.update(conn.execute(select(table.c.id).where(table.c.id.in_(ids[start : start + _CHUNK]))).scalars())
+        return found
+
+    def embeddings_of(self, kind: EntityKind, ids: Iterable[str]) -> dict[str, EmbeddingRecord]:
+        """The stored embeddings of these ids (those that have one)."""
+        table = ENTITY_TABLES[kind]
+        ids = list(dict.fromkeys(ids))
+        out: dict[str, EmbeddingRecord] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), _CHUNK):
+                rows = conn.execute(
+                    select(table.c.id, table.c.embedding, table.c.embedding_model, table.c.text_hash).where(
+                        table.c.id.in_(ids[start : start + _CHUNK]), table.c.embedding.is_not(None)
+                    )
+                )
+                for row in rows:
+                    out[row.id] = EmbeddingRecord(bytes(row.embedding), row.embedding_model, row.text_hash)
+        return out
+
+    def vectors(self, kind: EntityKind, nums: Iterable[int] | None = None) -> Iterator[StoredVector]:
+        """Every entity's (or the given rows') embedding and index fields."""
+        table = ENTITY_TABLES[kind]
+        cols = (table.c.num, table.c.id, table.c.data, table.c.embedding, table.c.embedding_model, table.c.text_hash)
+        with self.engine.connect() as conn:
+            if nums is None:
+                batches = [select(*cols).order_by(table.c.num)]
+            else:
+                nums = [int(n) for n in nums]
+                batches = [select(*cols).where(table.c.num.in_(nums[i : i + _CHUNK])) for i in range(0, len(nums), _CHUNK)]
+            for query in batches:
+                for row in conn.execution_options(yield_per=2000).execute(query):
+                    yield StoredVector(
+                        row.num,
+                        row.id,
+                        index_meta(kind, row.data),
+                        bytes(row.embedding) if row.embedding is not None else None,
+                        row.embedding_model,
+                        row.text_hash,
+                    )
+
+    def changes_since(self, seq: int) -> list[Change]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(changes).where(changes.c.seq > seq).order_by(changes.c.change_id))
+            return [Change(r.seq, EntityKind(r.kind), r.entity_id, r.num, r.op) for r in rows]
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def _next_seq(self, conn: Connection) -> int:
+        # Taking the row lock first serialises writers, so sequence numbers commit in order
+        # (and SQLite takes its write lock at the start instead of failing on a lock upgrade).
+        conn.execute(update(sync_state).where(sync_state.c.id == 1).values(seq=sync_state.c.seq + 1))
+        return conn.execute(select(sync_state.c.seq).where(sync_state.c.id == 1)).scalar_one()
+
+    def upsert(
+        self,
+        kind: EntityKind,
+        items: list[tuple[dict, EmbeddingRecord | None]],
+        *,
+        create_only: bool = False,
+        on_write=None,
+    ) -> list[dict]:
+        """Insert or replace entities (each a validated document and its embedding) in one transaction.
+
+        ``create_only`` raises ConflictError when an id exists. ``on_write(conn, kind, docs)`` runs inside
+        the transaction before commit (a failure there rolls everything back). Returns the stored documents.
+        """
+        table = ENTITY_TABLES[kind]
+        now = utcnow()
+        ids = [doc["id"] for doc, _ in items]
+        with self.engine.begin() as conn:
+            seq = self._next_seq(conn)
+            existing: dict[str, tuple[int, dt.datetime]] = {}
+            for start in range(0, len(ids), _CHUNK):
+                for row in conn.execute(
+                    select(table.c.id, table.c.num, table.c.created_at).where(table.c.id.in_(ids[start : start + _CHUNK]))
+                ):
+                    existing[row.id] = (row.num, row.created_at)
+            if create_only and existing:
+                raise ConflictError(kind, next(iter(existing)))
+            inserts, updates, stored = [], [], []
+            for doc, emb in items:
+                row = {"data": doc, **_columns(kind, doc), "updated_at": now}
+                if emb is not None:
+                    row.update(embedding=emb.vector, embedding_model=emb.model, text_hash=emb.text_hash)
+                else:
+                    row.update(embedding=None, embedding_model=None, text_hash=None)
+                if doc["id"] in existing:
+                    num, created = existing[doc["id"]]
+                    updates.append({**row, "b_num": num})
+                    stored.append((num, {**doc, "created_at": _iso(created), "updated_at": _iso(now)}))
+                else:
+                    inserts.append({**row, "id": doc["id"], "created_at": now})
+            if updates:
+                conn.execute(update(table).where(table.c.num == bindparam("b_num")), updates)
+            nums: dict[str, int] = {}
+            if inserts:
+                for row in conn.execute(insert(table).returning(table.c.num, table.c.id, sort_by_parameter_order=True), inserts):
+                    nums[row.id] = row.num
+                for ins in inserts:
+                    stored.append((nums[ins["id"]], {**ins["data"], "created_at": _iso(now), "updated_at": _iso(now)}))
+            conn.execute(
+                insert(changes),
+                [{"seq": seq, "kind": kind.value, "entity_id": d["id"], "num": num, "op": "upsert"} for num, d in stored],
+            )
+            if on_write is not None:
+                on_write(conn, kind, [d for _, d in stored])
+        by_id = {d["id"]: d for _, d in stored}
+        return [by_id[i] for i in ids]
+
+    def set_embeddings(self, kind: EntityKind, records: dict[str, EmbeddingRecord]) -> int:
+        """Store new embeddings for existing entities (a reindex), logged as changes. Returns rows updated."""
+        if not records:
+            return 0
+        table = ENTITY_TABLES[kind]
+        with self.engine.begin() as conn:
+            seq = self._next_seq(conn)
+            nums = {}
+            ids = list(records)
+            for start in range(0, len(ids), _CHUNK):
+                for row in conn.execute(select(table.c.id, table.c.num).where(table.c.id.in_(ids[start : start + _CHUNK]))):
+                    nums[row.id] = row.num
+            params = [
+                {"b_num": nums[i], "embedding": r.vector, "embedding_model": r.model, "text_hash": r.text_hash}
+                for i, r in records.items()
+                if i in nums
+            ]
+            if params:
+                conn.execute(update(table).where(table.c.num == bindparam("b_num")), params)
+                conn.execute(
+                    insert(changes),
+                    [{"seq": seq, "kind": kind.value, "entity_id": i, "num": nums[i], "op": "upsert"} for i in records if i in nums],
+                )
+        return len(params)
+
+    def delete(self, kind: EntityKind, entity_id: str, on_delete=None) -> bool:
+        """Delete one entity; False when it did not exist. ``on_delete(conn, seq)`` runs in the same transaction."""
+        table = ENTITY_TABLES[kind]
+        if not self.existing_ids(kind, [entity_id]):
+            return False
+        with self.engine.begin() as conn:
+            seq = self._next_seq(conn)
+            num = conn.execute(select(table.c.num).where(table.c.id == entity_id)).scalar()
+            if num is not None:
+                conn.execute(delete(table).where(table.c.num == num))
+                conn.execute(insert(changes).values(seq=seq, kind=kind.value, entity_id=entity_id, num=num, op="delete"))
+                if on_delete is not None:
+                    on_delete(conn, seq)
+        return num is not None
+
+    def detach_owner(self, conn: Connection, seq: int, owner_id: str) -> None:
+        """Inside a delete of an organisation: its challenges stay, without an owner."""
+        rows = conn.execute(select(challenges.c.num, challenges.c.id, challenges.c.data).where(challenges.c.owner_id == owner_id)).all()
+        for row in rows:
+            data = {**row.data, "owner_id": None}
+            conn.execute(update(challenges).where(challenges.c.num == row.num).values(data=data, owner_id=None, updated_at=utcnow()))
+            conn.execute(insert(changes).values(seq=seq, kind=EntityKind.challenges.value, entity_id=row.id, num=row.num, op="upsert"))
+
+
+def _document(row) -> dict:
+    return {**row.data, "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at)}
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=60000")
+    cursor.close()

@@ -1,0 +1,86 @@
+"""SQLAlchemy tables.
+
+Each entity row holds its JSON document, a few columns for filtering, and its embedding (float32 bytes)
+with the model name and the hash of the text that was embedded, so an unchanged profile is never embedded
+again and a model change is detected.
+
+``num`` is a surrogate integer key that never changes for an id: the vector indexes use it as their row id.
+Every write takes the next value of ``sync_state.seq`` (a row lock, so writers commit in sequence order)
+and records which entities it touched in ``changes``; a process that holds an index replays ``changes``
+after the sequence number it last saw, which is how several worker processes agree.
+"""
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+)
+
+from models.enums import EntityKind
+
+metadata = MetaData()
+
+
+def _entity_columns():
+    return [
+        Column("num", Integer, primary_key=True, autoincrement=True),
+        Column("id", String(128), nullable=False, unique=True),
+        Column("data", JSON, nullable=False),
+        Column("country", String(2), index=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+        Column("text_hash", String(64)),
+        Column("embedding", LargeBinary),
+        Column("embedding_model", String(500)),
+    ]
+
+
+organisations = Table(
+    "organisations",
+    metadata,
+    *_entity_columns(),
+    Column("type", String(32), nullable=False, index=True),
+    Column("email_opt_in", Boolean, nullable=False, default=False),
+    sqlite_autoincrement=True,
+)
+
+challenges = Table(
+    "challenges",
+    metadata,
+    *_entity_columns(),
+    Column("status", String(16), nullable=False, index=True),
+    Column("owner_id", String(128), index=True),
+    Column("deadline", Date),
+    sqlite_autoincrement=True,
+)
+
+# One row (id = 1): the sequence number of the last committed write.
+sync_state = Table(
+    "sync_state",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+    Column("store_uid", String(36), nullable=False),
+)
+
+changes = Table(
+    "changes",
+    metadata,
+    Column("change_id", Integer, primary_key=True, autoincrement=True),
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("entity_id", String(128), nullable=False),
+    Column("num", Integer, nullable=False),
+    Column("op", String(8), nullable=False),  # "upsert" | "delete"
+    sqlite_autoincrement=True,
+)
+Index("ix_changes_seq", changes.c.seq)
+
+ENTITY_TABLES = {EntityKind.organisations: organisations, EntityKind.challenges: challenges}

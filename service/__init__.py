@@ -1,0 +1,30 @@
+"""The Flask service. ``create_app()`` is the factory gunicorn and the tests call."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from matcher.engine import Engine
+from models.enums import EntityKind
+from service.config import Settings, flask_config
+from service.errors import register_error_handlers
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
+    """Build the app. The engine's model and indexes load on first use (gunicorn loads them per worker)."""
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__)
+    app.config.update(flask_config(settings))
+    app.json.sort_keys = False
+    app.extensions["matcher.engine"] = engine or Engine(settings).open()
+
+    from service.api import entities, health, match
+
+    app.register_blueprint(entities.make_blueprint(EntityKind.organisations))
+    app.register_blueprint(entities.make_blueprint(EntityKind.challenges))
+    app.register_blueprint(match.bp)
+    app.register_blueprint(health.bp)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,108 @@
+"""/v1/organisations and /v1/challenges: create, bulk upsert, list, read, replace, patch, delete."""
+from __future__ import annotations
+
+import base64
+import binascii
+
+from flask import Blueprint, request
+
+from models.countries import normalise_country
+from models.enums import ChallengeStatus, EntityKind, OrgType
+from models.schemas import MAX_BULK_ITEMS
+from service.api import engine, json_body
+from service.errors import invalid
+
+MAX_PAGE = 200
+DEFAULT_PAGE = 50
+
+
+def encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise invalid("cursor", "not a cursor this API returned") from None
+
+
+def _list_params(kind: EntityKind) -> dict:
+    args = request.args
+    known = {"limit", "cursor", "country", "type" if kind is EntityKind.organisations else "status"}
+    for name in args:
+        if name not in known:
+            raise invalid(name, f"unknown query parameter; use {', '.join(sorted(known))}")
+    params: dict = {"limit": DEFAULT_PAGE}
+    if "limit" in args:
+        try:
+            params["limit"] = int(args["limit"])
+        except ValueError:
+            raise invalid("limit", "must be an integer") from None
+        if not 1 <= params["limit"] <= MAX_PAGE:
+            raise invalid("limit", f"must be between 1 and {MAX_PAGE}")
+    if args.get("cursor"):
+        params["after_id"] = decode_cursor(args["cursor"])
+    if args.get("country"):
+        try:
+            params["country"] = normalise_country(args["country"])
+        except ValueError as exc:
+            raise invalid("country", str(exc)) from None
+    if args.get("type"):
+        if args["type"] not in {t.value for t in OrgType}:
+            raise invalid("type", f"must be one of {', '.join(t.value for t in OrgType)}")
+        params["type"] = args["type"]
+    if args.get("status"):
+        if args["status"] not in {s.value for s in ChallengeStatus}:
+            raise invalid("status", "must be open or closed")
+        params["status"] = args["status"]
+    return params
+
+
+def make_blueprint(kind: EntityKind) -> Blueprint:
+    bp = Blueprint(kind.value, __name__, url_prefix=f"/v1/{kind.value}")
+
+    @bp.post("")
+    def create():
+        return engine().create(kind, json_body()), 201
+
+    @bp.post("/bulk")
+    def bulk():
+        body = json_body()
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            raise invalid("items", 'send {"items": [...]}')
+        items = body["items"]
+        extra = set(body) - {"items"}
+        if extra:
+            raise invalid(sorted(extra)[0], "unknown field")
+        if not 1 <= len(items) <= MAX_BULK_ITEMS:
+            raise invalid("items", f"must hold between 1 and {MAX_BULK_ITEMS} items")
+        stored = engine().upsert_many(kind, items)
+        return {"items": stored, "count": len(stored)}, 200
+
+    @bp.get("")
+    def list_entities():
+        params = _list_params(kind)
+        limit = params.pop("limit")
+        items = engine().store.list(kind, limit=limit + 1, **params)
+        next_cursor = encode_cursor(items[limit - 1]["id"]) if len(items) > limit else None
+        return {"items": items[:limit], "next_cursor": next_cursor}
+
+    @bp.get("/<entity_id>")
+    def read(entity_id):
+        return engine().get(kind, entity_id)
+
+    @bp.put("/<entity_id>")
+    def replace(entity_id):
+        return engine().replace(kind, entity_id, json_body())
+
+    @bp.patch("/<entity_id>")
+    def patch(entity_id):
+        return engine().patch(kind, entity_id, json_body())
+
+    @bp.delete("/<entity_id>")
+    def remove(entity_id):
+        engine().delete(kind, entity_id)
+        return "", 204
+
+    return bp

@@ -1,0 +1,46 @@
+"""gunicorn settings, from the same MATCHER_* environment as everything else.
+
+    gunicorn -c service/gunicorn_conf.py "service:create_app()"
+
+The app is preloaded: the master imports it and loads the model once (no encode() before the fork: that
+hangs the workers). Each worker then limits torch to MATCHER_TORCH_THREADS threads, drops the master's
+database connections, warms the model up and loads its indexes before it takes requests.
+"""
+from matcher.settings import Settings
+
+_settings = Settings.from_env()
+
+bind = f"{_settings.host}:{_settings.port}"
+workers = _settings.workers
+worker_class = "sync"
+timeout = _settings.timeout
+graceful_timeout = 30
+preload_app = True
+control_socket_disable = True  # gunicorn 27 would open ~/.gunicorn/gunicorn.ctl
+accesslog = "-"
+errorlog = "-"
+loglevel = _settings.log_level
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+
+
+def _engine(app):
+    return app.extensions["matcher.engine"]
+
+
+def when_ready(server):
+    # Load (never run) the model in the master so the workers share its pages.
+    _engine(server.app.wsgi()).encoder
+
+
+def post_fork(server, worker):
+    _engine(worker.app.wsgi()).store.dispose()
+
+
+def post_worker_init(worker):
+    import torch
+
+    torch.set_num_threads(_settings.torch_threads)
+    engine = _engine(worker.wsgi)
+    engine.encoder.encode(["warm-up"])
+    engine.load_indexes()
+    worker.log.info("worker %s ready: %s", worker.pid, engine.status()["indexed"])

@@ -1,0 +1,134 @@
+"""The OpenAPI 3.1 description of the HTTP API, with schemas generated from the domain models."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic.json_schema import models_json_schema
+
+from models.schemas import (
+    BatchMatchRequest,
+    ChallengeIn,
+    MatchRequest,
+    MatchResponse,
+    MAX_BULK_ITEMS,
+    OrganisationIn,
+)
+
+REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": REF.format(model=name)}
+
+
+def _json(schema: dict) -> dict:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "details"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "details": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["field", "problem"],
+                        "properties": {"field": {"type": "string"}, "problem": {"type": "string"}},
+                    },
+                },
+            },
+        }
+    },
+}
+
+
+def _errors(*codes: int) -> dict:
+    text = {400: "Invalid input; details name each field", 404: "Unknown id", 409: "The id exists already",
+            413: "Body too large", 503: "Not ready"}
+    return {str(c): {"description": text[c], **_json(_ref("Error"))} for c in codes}
+
+
+def _stored(name: str) -> dict:
+    return {"allOf": [_ref(name), {"type": "object", "required": ["id", "created_at", "updated_at"]}]}
+
+
+def _entity_paths(kind: str, model: str, filters: list[dict]) -> dict:
+    stored = _stored(model)
+    page = {"type": "object", "required": ["items", "next_cursor"],
+            "properties": {"items": {"type": "array", "items": stored}, "next_cursor": {"type": ["string", "null"]}}}
+    id_param = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    return {
+        f"/v1/{kind}": {
+            "post": {"summary": f"Create one of {kind}", "requestBody": {"required": True, **_json(_ref(model))},
+                     "responses": {"201": {"description": "Stored", **_json(stored)}, **_errors(400, 409, 413)}},
+            "get": {"summary": f"List {kind} (keyset pages)",
+                    "parameters": [
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {"name": "country", "in": "query", "schema": {"type": "string"}},
+                        *filters,
+                    ],
+                    "responses": {"200": {"description": "A page", **_json(page)}, **_errors(400)}},
+        },
+        f"/v1/{kind}/bulk": {
+            "post": {"summary": f"Upsert up to {MAX_BULK_ITEMS} {kind}, all or nothing",
+                     "requestBody": {"required": True, **_json({"type": "object", "required": ["items"], "additionalProperties": False,
+                                                               "properties": {"items": {"type": "array", "minItems": 1, "maxItems": MAX_BULK_ITEMS, "items": _ref(model)}}})},
+                     "responses": {"200": {"description": "Stored", **_json({"type": "object", "properties": {"items": {"type": "array", "items": stored}, "count": {"type": "integer"}}})},
+                                   **_errors(400, 413)}},
+        },
+        f"/v1/{kind}/{{id}}": {
+            "parameters": [id_param],
+            "get": {"summary": "Read one", "responses": {"200": {"description": "Found", **_json(stored)}, **_errors(404)}},
+            "put": {"summary": "Replace one", "requestBody": {"required": True, **_json(_ref(model))},
+                    "responses": {"200": {"description": "Stored", **_json(stored)}, **_errors(400, 404)}},
+            "patch": {"summary": "Change some fields (null removes an optional one)",
+                      "requestBody": {"required": True, **_json({"type": "object"})},
+                      "responses": {"200": {"description": "Stored", **_json(stored)}, **_errors(400, 404)}},
+            "delete": {"summary": "Delete one", "responses": {"204": {"description": "Deleted"}, **_errors(404)}},
+        },
+    }
+
+
+@lru_cache(maxsize=1)
+def openapi_spec() -> dict:
+    _, schemas = models_json_schema(
+        [(m, "validation") for m in (OrganisationIn, ChallengeIn, MatchRequest, BatchMatchRequest)]
+        + [(MatchResponse, "serialization")],
+        ref_template=REF,
+    )
+    components = dict(schemas.get("$defs", {}))
+    components["Error"] = ERROR
+    paths = {}
+    paths.update(_entity_paths("organisations", "OrganisationIn",
+                               [{"name": "type", "in": "query", "schema": {"type": "string", "enum": components["OrgType"]["enum"]}}]))
+    paths.update(_entity_paths("challenges", "ChallengeIn",
+                               [{"name": "status", "in": "query", "schema": {"type": "string", "enum": ["open", "closed"]}}]))
+    paths["/v1/match"] = {"post": {
+        "summary": "Ranked, explained matches for a text, a challenge or an organisation",
+        "requestBody": {"required": True, **_json(_ref("MatchRequest"))},
+        "responses": {"200": {"description": "Matches, best first", **_json(_ref("MatchResponse"))}, **_errors(400, 404)}}}
+    paths["/v1/match/batch"] = {"post": {
+        "summary": "Several match requests at once (up to 100)",
+        "requestBody": {"required": True, **_json(_ref("BatchMatchRequest"))},
+        "responses": {"200": {"description": "One result per request, in order",
+                              **_json({"type": "object", "properties": {"results": {"type": "array", "items": _ref("MatchResponse")}}})},
+                      **_errors(400, 404)}}}
+    paths["/healthz"] = {"get": {"summary": "The process answers", "responses": {"200": {"description": "Alive"}}}}
+    paths["/readyz"] = {"get": {"summary": "Model loaded and indexes in sync with the store",
+                                "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}}
+    paths["/openapi.json"] = {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Partner matching for innovation ecosystems", "version": "1.0.0",
+                 "description": "Stores organisation profiles and challenges, embeds them, and returns ranked, explained partner matches."},
+        "paths": paths,
+        "components": {"schemas": components},
+    }
