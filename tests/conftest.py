@@ -1,0 +1,79 @@
+"""Shared fixtures: real settings on a temporary data dir, the real model (loaded once), a real SQLite file."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from matcher.encoder import Encoder  # noqa: E402
+from matcher.engine import Engine  # noqa: E402
+from matcher.settings import Settings  # noqa: E402
+
+CORDIS = ROOT.parent / "shared" / "data" / "cordis"
+
+
+@pytest.fixture(scope="session")
+def encoder() -> Encoder:
+    """The default model, loaded once for the whole run."""
+    return Encoder()
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings.from_env(data_dir=tmp_path / "data", load_demo=False, snapshot_every=500)
+
+
+@pytest.fixture
+def engine(settings, encoder) -> Engine:
+    return Engine(settings, encoder=encoder).open()
+
+
+@pytest.fixture
+def app(settings, engine):
+    from service import create_app
+
+    app = create_app(settings, engine)
+    app.config.update(TESTING=True)
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def org(id: str, name: str, description: str, type: str = "sme", **fields) -> dict:
+    return {"id": id, "name": name, "type": type, "description": description, **fields}
+
+
+# A small ecosystem with clear right answers.
+ORGS = [
+    org("voltgrid", "VoltGrid", "Battery storage controllers that balance solar peaks in microgrids and district energy systems.",
+        "startup", offers=["battery management systems", "microgrid control"], needs=["pilot site in a municipality"],
+        sectors=["smart energy"], country="NL", city="Eindhoven"),
+    org("aquasense", "AquaSense", "Acoustic sensors that find leaks in drinking-water pipes before they burst.",
+        "sme", offers=["acoustic leak detection", "pipe monitoring"], needs=["water utility partner"],
+        sectors=["water"], country="BE", city="Ghent"),
+    org("lumen", "Lumen Streets", "Adaptive LED street lighting that dims when roads are empty and reports faults.",
+        "sme", offers=["smart street lighting", "lighting control software"], needs=["city lighting department"],
+        sectors=["lighting"], country="FR", city="Lyon"),
+    org("caremind", "CareMind", "Remote monitoring of elderly patients at home with wearable sensors and nurse dashboards.",
+        "startup", offers=["remote patient monitoring", "wearable sensors"], needs=["hospital for clinical validation"],
+        sectors=["e-health"], country="DE", city="Munich"),
+    org("ghent-energy", "Ghent City Energy Office", "The municipal energy office runs district heating and retrofits public buildings.",
+        "public_authority", offers=["pilot site in a municipality", "public building data"],
+        needs=["battery storage", "energy community software"], sectors=["smart energy"], country="BE", city="Ghent"),
+    org("tu-tampere", "Tampere Energy Systems Lab", "University lab researching battery ageing, grid flexibility and energy storage markets.",
+        "university", offers=["battery ageing tests", "grid flexibility models"], needs=["industrial data"],
+        sectors=["smart energy"], country="FI", city="Tampere"),
+    org("recyclo", "Recyclo", "Collects and refurbishes used lithium batteries from e-bikes for second-life home storage.",
+        "startup", offers=["battery refurbishment", "second-life storage"], needs=["collection points"],
+        sectors=["circular economy", "smart energy"], country="EL", city="Thessaloniki"),
+]

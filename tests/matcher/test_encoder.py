@@ -1,0 +1,47 @@
+import numpy as np
+
+from matcher.text import organisation_text, split_sentences
+
+
+def test_vectors_are_unit_length_and_deterministic(encoder):
+    a = encoder.encode(["smart street lighting", "leak detection in water pipes"])
+    assert a.shape == (2, encoder.dim) and a.dtype == np.float32
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(a, encoder.encode(["smart street lighting", "leak detection in water pipes"]), atol=1e-5)
+
+
+def test_long_text_is_windowed_not_cut(encoder):
+    head = "We design battery storage controllers for microgrids. " * 40  # about 400 word pieces
+    tail = "Our second business is acoustic leak detection in drinking water networks. " * 30
+    assert encoder.token_count([head])[0] > encoder.window
+    windows = encoder.windows(head + tail)
+    assert len(windows) >= 3 and all(size <= encoder.window for _, size in windows)
+    whole, head_only = encoder.encode([head + tail, head])
+    water = encoder.encode(["water leak detection"])[0]
+    # The end of the text is part of the embedding: a truncating encoder would give whole == head_only.
+    assert whole @ water > head_only @ water + 0.05
+    assert abs(np.linalg.norm(whole) - 1.0) < 1e-5
+
+
+def test_an_over_long_sentence_is_split_into_fitting_windows(encoder):
+    text = " ".join(["interoperability"] * 2000)  # one "sentence", thousands of word pieces
+    windows = encoder.windows(text)
+    assert len(windows) > 5 and all(size <= encoder.window for _, size in windows)
+    assert encoder.encode([text]).shape == (1, encoder.dim)
+
+
+def test_profile_text_holds_every_field():
+    text = organisation_text({"name": "VoltGrid", "type": "large_company", "description": "Batteries. For cities!",
+                              "offers": ["BMS"], "needs": ["pilot"], "sectors": ["smart energy"],
+                              "city": "Eindhoven", "country": "NL"})
+    for part in ("VoltGrid (large company)", "Batteries.", "Offers: BMS.", "Needs: pilot.", "Sectors: smart energy.",
+                 "Based in Eindhoven, NL."):
+        assert part in text
+    assert split_sentences("One. Two! Three?\nFour") == ["One.", "Two!", "Three?", "Four"]
+
+
+def test_model_name_is_a_fingerprint_of_the_folder(encoder):
+    from matcher.encoder import model_fingerprint
+
+    assert encoder.name == model_fingerprint(encoder.path)
+    assert "@" in encoder.name

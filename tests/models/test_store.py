@@ -1,0 +1,79 @@
+import pytest
+
+from models.enums import EntityKind
+from models.schemas import validate_entity
+from models.store import ConflictError, EmbeddingRecord, Store
+
+ORG = EntityKind.organisations
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.create_all()
+    return store
+
+
+def doc(i, **extra):
+    return validate_entity(ORG, {"id": f"o{i:03d}", "name": f"Org {i}", "type": "sme", "description": "d", **extra})
+
+
+def emb(i):
+    return EmbeddingRecord(bytes(8), "model-x", f"h{i}")
+
+
+def test_upsert_get_list_and_pages(store):
+    store.upsert(ORG, [(doc(i, country="DE" if i % 2 else "FR"), emb(i)) for i in range(5)])
+    got = store.get(ORG, "o003")
+    assert got["name"] == "Org 3" and got["created_at"].endswith("Z")
+    first = store.list(ORG, limit=2)
+    assert [d["id"] for d in first] == ["o000", "o001"]
+    assert [d["id"] for d in store.list(ORG, limit=2, after_id="o001")] == ["o002", "o003"]
+    assert [d["id"] for d in store.list(ORG, country="DE")] == ["o001", "o003"]
+    assert store.count(ORG) == 5
+
+
+def test_update_keeps_num_and_created_at_and_logs_changes(store):
+    store.upsert(ORG, [(doc(1), emb(1))])
+    before = store.get(ORG, "o001")
+    num = next(store.vectors(ORG)).num
+    store.upsert(ORG, [(doc(1, city="Graz"), emb(1))])
+    after = store.get(ORG, "o001")
+    assert after["city"] == "Graz" and after["created_at"] == before["created_at"]
+    assert next(store.vectors(ORG)).num == num
+    assert [(c.seq, c.entity_id, c.op) for c in store.changes_since(0)] == [(1, "o001", "upsert"), (2, "o001", "upsert")]
+    assert store.current_seq() == 2
+
+
+def test_a_failed_bulk_write_leaves_the_store_as_it_was(store):
+    store.upsert(ORG, [(doc(1), emb(1))])
+    seq = store.current_seq()
+
+    def explode(conn, kind, docs):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        store.upsert(ORG, [(doc(i, city="X"), emb(i)) for i in range(1, 50)], on_write=explode)
+    assert store.count(ORG) == 1 and store.get(ORG, "o001")["city"] is None
+    assert store.current_seq() == seq and len(store.changes_since(0)) == 1
+
+
+def test_create_only_conflicts_without_writing(store):
+    store.upsert(ORG, [(doc(1), emb(1))])
+    with pytest.raises(ConflictError):
+        store.upsert(ORG, [(doc(2), emb(2)), (doc(1), emb(1))], create_only=True)
+    assert store.count(ORG) == 1
+
+
+def test_delete_logs_and_reports_missing(store):
+    store.upsert(ORG, [(doc(1), emb(1))])
+    assert store.delete(ORG, "o001") is True
+    assert store.delete(ORG, "o001") is False
+    assert store.get(ORG, "o001") is None
+    assert store.changes_since(1)[0].op == "delete"
+
+
+def test_create_all_is_idempotent_and_store_uid_stable(store):
+    uid = store.store_uid()
+    store.create_all()
+    assert store.store_uid() == uid and store.current_seq() == 0
