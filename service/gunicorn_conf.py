@@ -20,7 +20,7 @@ control_socket_disable = True  # gunicorn 27 would open ~/.gunicorn/gunicorn.ctl
 accesslog = "-"
 errorlog = "-"
 loglevel = _settings.log_level
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+access_log_format = '%(h)s pid=%(p)s "%(r)s" %(s)s %(b)s %(M)sms'
 
 
 def _engine(app):

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 from flask import Blueprint, request
 
 from models.countries import normalise_country
 from models.enums import ChallengeStatus, EntityKind, OrgType
-from models.schemas import MAX_BULK_ITEMS
+from models.schemas import ID_PATTERN, MAX_BULK_ITEMS
 from service.api import engine, json_body
 from service.errors import invalid
 
@@ -22,9 +23,12 @@ def encode_cursor(last_id: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        last_id = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise invalid("cursor", "not a cursor this API returned") from None
+        last_id = ""
+    if not re.match(ID_PATTERN, last_id):
+        raise invalid("cursor", "not a cursor this API returned")
+    return last_id
 
 
 def _list_params(kind: EntityKind) -> dict:

@@ -1,0 +1,95 @@
+"""The service as it runs in production: `python -m matcher init`, then gunicorn with two worker processes."""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.conftest import ORGS, ROOT
+
+BIN = os.path.dirname(sys.executable)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("gunicorn")
+    port = free_port()
+    env = {**os.environ, "MATCHER_DATA_DIR": str(data), "MATCHER_PORT": str(port), "MATCHER_WORKERS": "2",
+           "MATCHER_LOAD_DEMO": "0", "HF_HUB_OFFLINE": "1"}
+    env.pop("MATCHER_DB_URL", None)
+    subprocess.run([sys.executable, "-m", "matcher", "-q", "init"], cwd=ROOT, env=env, check=True, timeout=300)
+    log = open(data / "gunicorn.log", "w+")
+    proc = subprocess.Popen([os.path.join(BIN, "gunicorn"), "-c", "service/gunicorn_conf.py", "service:create_app()"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, open(data / "gunicorn.log").read()
+            try:
+                if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:  # not listening yet, or queued while the workers boot
+                pass
+            assert time.time() < deadline, "gunicorn did not become ready"
+            time.sleep(0.5)
+        yield base, data / "gunicorn.log"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+def match_ids(base, text, k=3):
+    # A new connection per request: the two workers take turns accepting.
+    r = requests.post(f"{base}/v1/match", json={"query": {"text": text}, "k": k, "explain": False},
+                      headers={"Connection": "close"}, timeout=60)
+    assert r.status_code == 200, r.text
+    return [m["id"] for m in r.json()["matches"]]
+
+
+def serving_pids(log_path, marker) -> set[str]:
+    return set(re.findall(rf"pid=<?(\d+)>? \"POST {re.escape(marker)}", open(log_path).read()))
+
+
+def test_two_workers_see_every_write_at_once(server):
+    base, log_path = server
+    assert requests.post(f"{base}/v1/organisations/bulk", json={"items": ORGS}, timeout=120).status_code == 200
+    r = requests.post(f"{base}/v1/organisations", json={
+        "id": "hydro", "name": "HydroLoop", "type": "startup",
+        "description": "Greywater recycling units for apartment blocks."}, timeout=60)
+    assert r.status_code == 201
+    query = "greywater recycling for apartment blocks"
+    with ThreadPoolExecutor(2) as pool:  # two at a time, so both workers serve
+        results = list(pool.map(lambda _: match_ids(base, query), range(16)))
+    assert all(ids[0] == "hydro" for ids in results), results
+    assert len(serving_pids(log_path, "/v1/match")) == 2, "both workers should have served matches"
+
+    assert requests.delete(f"{base}/v1/organisations/hydro", timeout=60).status_code == 204
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: match_ids(base, query, k=10), range(16)))
+    assert all("hydro" not in ids for ids in results), results
+
+
+def test_errors_and_readiness_over_http(server):
+    base, _ = server
+    r = requests.post(f"{base}/v1/match", data="{oops", headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["details"][0]["field"] == "body"
+    ready = requests.get(f"{base}/readyz", timeout=30).json()
+    assert ready["ready"] is True and ready["store_seq"] == ready["index_seq"]
+    assert requests.get(f"{base}/openapi.json", timeout=30).json()["openapi"].startswith("3.")
