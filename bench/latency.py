@@ -141,6 +141,7 @@ def fmt_lat(s: dict | None) -> str:
 def bench_indexing(size: int, records: list[dict], data_dir: Path, encoder) -> tuple[dict, object]:
     from matcher.engine import Engine
     from matcher.settings import Settings
+    from matcher.text import entity_text
     from models.enums import EntityKind
     from models.schemas import validate_entities
 
@@ -148,23 +149,41 @@ def bench_indexing(size: int, records: list[dict], data_dir: Path, encoder) -> t
     settings = Settings.from_env(data_dir=data_dir, load_demo=False)
     engine = Engine(settings, encoder=encoder).open()
     embedded = [0]
+    last_progress = [0.0]
 
     def progress(count: int) -> None:
         embedded[0] += count
+        last_progress[0] = time.perf_counter()
 
-    log(f"[{size}] indexing {len(records)} organisations in chunks of {CHUNK} into {data_dir}")
+    # How much text there is to embed (untimed): word pieces, and model windows of up to encoder.window.
+    texts = [entity_text(kind, d) for d in validate_entities(kind, records)]
+    counts = encoder.token_count(texts)
+    tokens = sum(counts)
+    windows = sum(len(encoder.windows(t, c)) if c > encoder.window else 1 for t, c in zip(texts, counts))
+    del texts
+    log(f"[{size}] indexing {len(records)} organisations ({tokens:,} word pieces, {windows:,} model windows) "
+        f"in chunks of {CHUNK} into {data_dir}")
+    validate_s = embed_s = store_s = 0.0
+    cpu0 = time.process_time()
     started = time.perf_counter()
     for start in range(0, len(records), CHUNK):
         chunk_started = time.perf_counter()
         docs = validate_entities(kind, records[start : start + CHUNK])
+        validated = time.perf_counter()
         engine.write(kind, docs, progress=progress)
         now = time.perf_counter()
+        # progress() runs after each embedded batch; what follows the last one is store + index sync.
+        validate_s += validated - chunk_started
+        embed_s += last_progress[0] - validated
+        store_s += now - last_progress[0]
         done = start + len(docs)
         log(
-            f"[{size}]   {done:>6}/{len(records)} stored+indexed  chunk {now - chunk_started:6.1f} s  "
-            f"total {now - started:6.1f} s  {done / (now - started):6.1f} orgs/s"
+            f"[{size}]   {done:>6}/{len(records)} stored+indexed  chunk {now - chunk_started:6.1f} s "
+            f"(embed {last_progress[0] - validated:5.1f}, store+index {now - last_progress[0]:4.2f})  "
+            f"total {now - started:6.1f} s  {done / (now - started):6.1f} orgs/s  load avg {os.getloadavg()[0]:.1f}"
         )
     index_s = time.perf_counter() - started
+    cpu_s = time.process_time() - cpu0
     status = engine.status()
     assert status["indexed"]["organisations"] == len(records), status
     assert embedded[0] == len(records), (embedded[0], len(records))
@@ -198,6 +217,13 @@ def bench_indexing(size: int, records: list[dict], data_dir: Path, encoder) -> t
         "orgs": len(records),
         "index_s": index_s,
         "orgs_per_s": len(records) / index_s,
+        "validate_s": validate_s,
+        "embed_s": embed_s,
+        "store_index_s": store_s,
+        "cpu_s": cpu_s,
+        "load_avg": os.getloadavg()[0],
+        "tokens": tokens,
+        "windows": windows,
         "snapshot_load_s": snapshot_s,
         "store_load_s": store_s,
         "snapshot_mb": snap_bytes / 1e6,
@@ -210,19 +236,19 @@ def bench_indexing(size: int, records: list[dict], data_dir: Path, encoder) -> t
 
 
 def _time_requests(engine, bodies: list[dict]) -> dict:
+    """Wall time of engine.match per request (validation of the body not included), after warm-up."""
     from models.schemas import MatchRequest
 
     for body in bodies[:WARMUP]:
         engine.match(MatchRequest.model_validate(body))
-    times = []
+    times, short = [], 0
     for body in bodies[WARMUP:]:
         request = MatchRequest.model_validate(body)
         t0 = time.perf_counter()
         result = engine.match(request)
         times.append(time.perf_counter() - t0)
-        if not result["matches"]:
-            raise RuntimeError(f"no matches for {json.dumps(body)[:200]}")
-    return summary(times)
+        short += len(result["matches"]) < request.k
+    return {**summary(times), "short_results": short}
 
 
 def text_body(text: str, explain: bool, types: list[str] | None = None) -> dict:
@@ -235,15 +261,15 @@ def text_body(text: str, explain: bool, types: list[str] | None = None) -> dict:
     }
 
 
-def bench_engine(size: int, engine, queries: list[str], ids: list[str], count: int, seed: int) -> dict:
+def bench_engine(size: int, engine, queries: list[str], ids: list[str], count: int, encode_count: int, seed: int) -> dict:
     texts = cycle(queries, WARMUP) + cycle(queries, count)
     out = {}
 
-    # Query encoding alone (the part of a text query that is neither search nor store).
+    # Query encoding alone (the part of a text query that is neither search nor store), on fewer queries.
     enc_times = []
     for text in texts[:WARMUP]:
         engine.encoder.encode([text])
-    for text in texts[WARMUP:]:
+    for text in texts[WARMUP : WARMUP + encode_count]:
         t0 = time.perf_counter()
         engine.encoder.encode([text])
         enc_times.append(time.perf_counter() - t0)
@@ -257,13 +283,15 @@ def bench_engine(size: int, engine, queries: list[str], ids: list[str], count: i
     ]
     for key, label, make in variants:
         out[key] = _time_requests(engine, [make(t) for t in texts])
-        log(f"[{size}] {label:<24} {fmt_lat(out[key])}")
+        note = f"  ({out[key]['short_results']} with fewer than 10 matches)" if out[key]["short_results"] else ""
+        log(f"[{size}] {label:<24} {fmt_lat(out[key])}{note}")
 
     rng = random.Random(seed)
     org_ids = [rng.choice(ids) for _ in range(WARMUP + count)]
     bodies = [{"query": {"organisation_id": i}, "target": "organisations", "k": 10, "explain": False} for i in org_ids]
     out["org_id_k10"] = _time_requests(engine, bodies)
     log(f"[{size}] {'org id k=10 explain=false':<24} {fmt_lat(out['org_id_k10'])}")
+    out["load_avg"] = os.getloadavg()[0]
     return out
 
 
@@ -370,7 +398,8 @@ def bench_http(size: int, data_dir: Path, queries: list[str], count: int, client
             start_new_session=True,
         )
     try:
-        # Ready: /readyz answers 200 and every worker has logged that it loaded its indexes.
+        # Ready: /readyz answers 200 and every worker has logged that it loaded its indexes
+        # (service/gunicorn_conf.py's "worker N ready: ..." line; without it, 30 s after the first 200).
         deadline = started + READY_TIMEOUT
         ready_at = None
         while True:
@@ -384,8 +413,12 @@ def bench_http(size: int, data_dir: Path, queries: list[str], count: int, client
                         ready_at = time.perf_counter()
                 except requests.RequestException:
                     pass
-            if ready_at is not None and log_path.read_text(errors="replace").count(" ready: ") >= workers:
-                break
+            if ready_at is not None:
+                if log_path.read_text(errors="replace").count(" ready: ") >= workers:
+                    break
+                if time.perf_counter() - ready_at > 30:
+                    log(f"[{size}] /readyz is 200 but not every worker logged 'ready' after 30 s; going on")
+                    break
             time.sleep(0.25)
         startup_s = time.perf_counter() - started
         log(f"[{size}] gunicorn ready in {startup_s:.1f} s (first /readyz 200 after {ready_at - started:.1f} s)")
@@ -471,10 +504,15 @@ def render(results: list[dict], facts: dict, args, started_at: str, total_s: flo
         row("organisations indexed (rows skipped as invalid)", lambda r: f"{r['index']['orgs']:,} ({r['skipped']})"),
         row("indexing: validate+embed+store+index, s", lambda r: f"{r['index']['index_s']:.1f}"),
         row("indexing throughput, orgs/s", lambda r: f"{r['index']['orgs_per_s']:.1f}"),
+        row("text embedded: word pieces (model windows)", lambda r: f"{r['index']['tokens']:,} ({r['index']['windows']:,})"),
+        row("embedding throughput, word pieces/s", lambda r: f"{r['index']['tokens'] / r['index']['embed_s']:,.0f}"),
+        row("indexing time split: validate / embed / store+index, s",
+            lambda r: f"{r['index']['validate_s']:.1f} / {r['index']['embed_s']:.1f} / {r['index']['store_index_s']:.1f}"),
         row("cold load_indexes() from snapshot, s", lambda r: f"{r['index']['snapshot_load_s']:.3f}"),
         row("load_indexes() from store (+ snapshot rewrite), s", lambda r: f"{r['index']['store_load_s']:.3f}"),
         row("snapshot size / SQLite size, MB", lambda r: f"{r['index']['snapshot_mb']:.1f} / {r['index']['db_mb']:.1f}"),
-        row("query text encode only p50 / p99, ms", lambda r: f"{r['engine']['encode_only']['p50']:.1f} / {r['engine']['encode_only']['p99']:.1f}"),
+        row("query text encode only (no search) p50 / p99, ms",
+            lambda r: f"{r['engine']['encode_only']['p50']:.1f} / {r['engine']['encode_only']['p99']:.1f}"),
     ]
     for key, label in (
         ("text_k10", "engine text k=10 explain=false"),
@@ -484,11 +522,19 @@ def render(results: list[dict], facts: dict, args, started_at: str, total_s: flo
     ):
         lines.append(row(f"{label}: p50 / p99, ms", lambda r, k=key: f"{r['engine'][k]['p50']:.1f} / {r['engine'][k]['p99']:.1f}"))
         lines.append(row(f"{label}: p95 / mean, ms", lambda r, k=key: f"{r['engine'][k]['p95']:.1f} / {r['engine'][k]['mean']:.1f}"))
+        if key == "text_k10_sme":
+            lines.append(row(f"{label}: requests with < 10 matches", lambda r: str(r["engine"]["text_k10_sme"]["short_results"])))
     for key, label in (("http_k10", "HTTP POST /v1/match k=10 explain=false"), ("http_k10_explain", "HTTP POST /v1/match k=10 explain=true")):
         lines.append(row(f"{label}: p50 / p99, ms", lambda r, k=key: f"{r['http'][k]['p50']:.1f} / {r['http'][k]['p99']:.1f}"))
         lines.append(row(f"{label}: req/s", lambda r, k=key: f"{r['http'][k]['req_per_s']:.1f}"))
     lines.append(row("HTTP gunicorn start to all workers ready, s", lambda r: f"{r['http']['startup_s']:.1f}"))
+    lines.append(row("1-min load average after indexing / after engine latency",
+                     lambda r: f"{r['index']['load_avg']:.1f} / {r['engine']['load_avg']:.1f}"))
+    lines.append(row("indexing CPU time of this process / wall, s", lambda r: f"{r['index']['cpu_s']:.0f} / {r['index']['index_s']:.0f}"))
     http = next((r["http"] for r in results if r.get("http")), None)
+    for r in results:
+        if r.get("http_error"):
+            lines.append(f"\nHTTP benchmark at N = {r['size']:,} failed: {r['http_error'].splitlines()[0]}")
     lines += [
         "",
         "Machine and settings:",
@@ -517,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000], help="pool sizes (default 1000 10000)")
     parser.add_argument("--queries", type=int, default=200, help="measured requests per variant (default 200)")
+    parser.add_argument("--encode-queries", type=int, default=50, help="measured query encodings alone (default 50)")
     http = parser.add_mutually_exclusive_group()
     http.add_argument("--http", action="store_true", help="run the HTTP benchmark at every size")
     http.add_argument("--http-sizes", type=int, nargs="+", help="run the HTTP benchmark at these sizes (default: the smallest)")
@@ -577,11 +624,15 @@ def main(argv: list[str] | None = None) -> int:
             index, engine = bench_indexing(size, records, data_dir, encoder)
             result = {"size": size, "skipped": skipped, "n_queries": len(queries), "index": index}
             ids = [r["id"] for r in records]
-            result["engine"] = bench_engine(size, engine, queries, ids, args.queries, args.seed)
+            result["engine"] = bench_engine(size, engine, queries, ids, args.queries, args.encode_queries, args.seed)
             engine.store.engine.dispose()
             engine = None
             if size in http_sizes:
-                result["http"] = bench_http(size, data_dir, queries, args.queries, args.http_clients, args.workers)
+                try:
+                    result["http"] = bench_http(size, data_dir, queries, args.queries, args.http_clients, args.workers)
+                except Exception as exc:  # noqa: BLE001 - the other figures still get reported
+                    result["http_error"] = str(exc)
+                    log(f"[{size}] HTTP benchmark FAILED: {exc}")
             results.append(result)
         finally:
             if engine is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,22 @@ class Encoder:
         # Word pieces per window, leaving room for the [CLS]/[SEP] tokens the model adds.
         self.window = int(self.model.max_seq_length) - 2
         self.tokenizer = self.model.tokenizer
+
+    @contextmanager
+    def threads(self, count: int):
+        """Run the block with ``count`` torch threads (0 = every core), then restore the previous number."""
+        import torch
+
+        previous = torch.get_num_threads()
+        wanted = count or os.cpu_count() or 1
+        if wanted == previous:
+            yield
+            return
+        torch.set_num_threads(wanted)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
     def token_count(self, texts: list[str]) -> list[int]:
         encoded = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 KINDS = (EntityKind.organisations, EntityKind.challenges)
 _SENTENCE_CACHE = 50_000
 _MAX_EXPLAIN_SENTENCES = 40
+_LARGE_WRITE = 32  # texts to embed in one write
 
 
 class Engine:
@@ -197,13 +199,16 @@ class Engine:
                 records.append(None)
                 todo.append(i)
         step = 256
-        for start in range(0, len(todo), step):
-            chunk = todo[start : start + step]
-            vectors = self.encoder.encode([texts[i] for i in chunk])
-            for i, vector in zip(chunk, vectors):
-                records[i] = EmbeddingRecord(to_bytes(vector), model, hashes[i])
-            if progress is not None:
-                progress(len(chunk))
+        # A large write is rare and long: let it use every core (MATCHER_BULK_TORCH_THREADS) while it embeds.
+        large = len(todo) >= _LARGE_WRITE
+        with self.encoder.threads(self.settings.bulk_torch_threads) if large else nullcontext():
+            for start in range(0, len(todo), step):
+                chunk = todo[start : start + step]
+                vectors = self.encoder.encode([texts[i] for i in chunk])
+                for i, vector in zip(chunk, vectors):
+                    records[i] = EmbeddingRecord(to_bytes(vector), model, hashes[i])
+                if progress is not None:
+                    progress(len(chunk))
         if progress is not None and len(todo) < len(docs):
             progress(len(docs) - len(todo))
         return records  # type: ignore[return-value]

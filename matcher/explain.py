@@ -21,6 +21,8 @@ _GENERIC = frozenset(
     solution solutions service services project projects provide provides providing develop develops developing
     new work works working use using used support supports help helps make makes city region including
     also well able across within based years year team teams data-driven innovative innovation
+    actually really today currently already often still just want wants wanted needed need real
+    data digital platform system systems solution-oriented small large local people way ways
     """.split()
 )
 STOP = ENGLISH_STOP_WORDS | _GENERIC

@@ -26,8 +26,9 @@ class Settings:
     host: str = "127.0.0.1"  # MATCHER_HOST
     port: int = 8000  # MATCHER_PORT
     workers: int = 2  # MATCHER_WORKERS: gunicorn worker processes
-    timeout: int = 120  # MATCHER_TIMEOUT: seconds gunicorn gives one request (bulk writes embed up to 1,000 items)
+    timeout: int = 300  # MATCHER_TIMEOUT: seconds gunicorn gives one request (a bulk write embeds up to 1,000 profiles)
     torch_threads: int = 1  # MATCHER_TORCH_THREADS: torch threads per worker (1 is fastest with 2 workers on 2 cores)
+    bulk_torch_threads: int = 0  # MATCHER_BULK_TORCH_THREADS: threads while embedding a large write; 0 = every core
     encode_batch_size: int = 32  # MATCHER_ENCODE_BATCH_SIZE
     max_body_bytes: int = 16 * 1024 * 1024  # MATCHER_MAX_BODY_BYTES: larger request bodies get 413
     snapshot_every: int = 500  # MATCHER_SNAPSHOT_EVERY: a worker rewrites the index snapshot after this many changes
@@ -44,8 +45,9 @@ class Settings:
             host=_env("MATCHER_HOST", "127.0.0.1"),
             port=int(_env("MATCHER_PORT", "8000")),
             workers=int(_env("MATCHER_WORKERS", "2")),
-            timeout=int(_env("MATCHER_TIMEOUT", "120")),
+            timeout=int(_env("MATCHER_TIMEOUT", "300")),
             torch_threads=int(_env("MATCHER_TORCH_THREADS", "1")),
+            bulk_torch_threads=int(_env("MATCHER_BULK_TORCH_THREADS", "0")),
             encode_batch_size=int(_env("MATCHER_ENCODE_BATCH_SIZE", "32")),
             max_body_bytes=int(_env("MATCHER_MAX_BODY_BYTES", str(16 * 1024 * 1024))),
             snapshot_every=int(_env("MATCHER_SNAPSHOT_EVERY", "500")),

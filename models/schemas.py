@@ -28,8 +28,8 @@ MAX_DESCRIPTION = 20_000
 MAX_NAME = 300
 MAX_PHRASE = 200
 MAX_LIST = 50
-MAX_PAST_PROJECTS = 200
-MAX_PARTNER_IDS = 200
+MAX_PAST_PROJECTS = 2_000  # real research centres have 500+ EU projects
+MAX_PARTNER_IDS = 1_000  # real consortia reach 150+ partners
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")

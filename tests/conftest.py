@@ -77,3 +77,24 @@ ORGS = [
         "startup", offers=["battery refurbishment", "second-life storage"], needs=["collection points"],
         sectors=["circular economy", "smart energy"], country="EL", city="Thessaloniki"),
 ]
+
+
+POOL_FIELDS = ("id", "name", "type", "country", "city", "description", "past_projects")
+
+
+def pool_organisations(n: int) -> list[dict]:
+    """The first n real CORDIS organisations of the benchmark pool, in the Organisation shape."""
+    import gzip
+    import json
+
+    path = CORDIS / "bench" / "pool.jsonl.gz"
+    if not path.exists():
+        pytest.skip(f"the CORDIS benchmark data is not at {path}")
+    out = []
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            out.append({k: row[k] for k in POOL_FIELDS if row.get(k) not in (None, "")})
+            if len(out) == n:
+                break
+    return out

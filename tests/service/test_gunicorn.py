@@ -93,3 +93,23 @@ def test_errors_and_readiness_over_http(server):
     ready = requests.get(f"{base}/readyz", timeout=30).json()
     assert ready["ready"] is True and ready["store_seq"] == ready["index_seq"]
     assert requests.get(f"{base}/openapi.json", timeout=30).json()["openapi"].startswith("3.")
+
+
+def test_a_bulk_of_1000_real_profiles_is_answered_within_the_timeout(server):
+    from tests.conftest import pool_organisations
+
+    base, _ = server
+    items = pool_organisations(1000)
+    broken = items[:999] + [{**items[999], "type": "consultancy"}]
+    r = requests.post(f"{base}/v1/organisations/bulk", json={"items": broken}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["details"][0]["field"] == "items[999].type"
+    assert requests.get(f"{base}/v1/organisations/{items[0]['id']}", timeout=30).status_code == 404  # nothing written
+
+    started = time.time()
+    r = requests.post(f"{base}/v1/organisations/bulk", json={"items": items}, timeout=320)
+    took = time.time() - started
+    assert r.status_code == 200 and r.json()["count"] == 1000, r.text[:500]
+    print(f"bulk of 1000 real profiles: {took:.1f} s")
+    target = items[500]
+    found = match_ids(base, target["description"], k=5)
+    assert target["id"] in found
