@@ -24,7 +24,7 @@ from models.countries import normalise_country
 from models.enums import ChallengeStatus, EntityKind, OrgType, PartnershipForm
 
 # Limits. Over-limit input is rejected with a message naming the field.
-MAX_DESCRIPTION = 20_000
+MAX_DESCRIPTION = 50_000  # real Horizon Europe call texts reach 23,000 characters
 MAX_NAME = 300
 MAX_PHRASE = 200
 MAX_LIST = 50
