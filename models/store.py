@@ -150,33 +150,17 @@ class Store:
 
     def get_many(self, kind: EntityKind, ids: Iterable[str]) -> dict[str, dict]:
         table = ENTITY_TABLES[kind]
-        ids = list(dict.fromkeys(ids))
-        found: dict[str, dict] = {}
         with self.engine.connect() as conn:
-            for start in range(0, len(ids), _CHUNK):
-                rows = conn.execute(
-                    select(table.c.id, table.c.data, table.c.created_at, table.c.updated_at).where(
-                        table.c.id.in_(ids[start : start + _CHUNK])
-                    )
-                )
-                for row in rows:
-                    found[row.id] = _document(row)
-        return found
+            rows = _rows_where_in(conn, table.c.id, list(dict.fromkeys(ids)),
+                                  table.c.id, table.c.data, table.c.created_at, table.c.updated_at)
+            return {row.id: _document(row) for row in rows}
 
     def get_by_nums(self, kind: EntityKind, nums: Iterable[int]) -> dict[int, dict]:
         table = ENTITY_TABLES[kind]
-        nums = [int(n) for n in nums]
-        out: dict[int, dict] = {}
         with self.engine.connect() as conn:
-            for start in range(0, len(nums), _CHUNK):
-                rows = conn.execute(
-                    select(table.c.num, table.c.id, table.c.data, table.c.created_at, table.c.updated_at).where(
-                        table.c.num.in_(nums[start : start + _CHUNK])
-                    )
-                )
-                for row in rows:
-                    out[row.num] = _document(row)
-        return out
+            rows = _rows_where_in(conn, table.c.num, [int(n) for n in nums],
+                                  table.c.num, table.c.id, table.c.data, table.c.created_at, table.c.updated_at)
+            return {row.num: _document(row) for row in rows}
 
     def list(
         self,
@@ -209,28 +193,17 @@ class Store:
 
     def existing_ids(self, kind: EntityKind, ids: Iterable[str]) -> set[str]:
         table = ENTITY_TABLES[kind]
-        ids = list(dict.fromkeys(ids))
-        found: set[str] = set()
         with self.engine.connect() as conn:
-            for start in range(0, len(ids), _CHUNK):
-                found.update(conn.execute(select(table.c.id).where(table.c.id.in_(ids[start : start + _CHUNK]))).scalars())
-        return found
+            return {row.id for row in _rows_where_in(conn, table.c.id, list(dict.fromkeys(ids)), table.c.id)}
 
     def embeddings_of(self, kind: EntityKind, ids: Iterable[str]) -> dict[str, EmbeddingRecord]:
         """The stored embeddings of these ids (those that have one)."""
         table = ENTITY_TABLES[kind]
-        ids = list(dict.fromkeys(ids))
-        out: dict[str, EmbeddingRecord] = {}
         with self.engine.connect() as conn:
-            for start in range(0, len(ids), _CHUNK):
-                rows = conn.execute(
-                    select(table.c.id, table.c.embedding, table.c.embedding_model, table.c.text_hash).where(
-                        table.c.id.in_(ids[start : start + _CHUNK]), table.c.embedding.is_not(None)
-                    )
-                )
-                for row in rows:
-                    out[row.id] = EmbeddingRecord(bytes(row.embedding), row.embedding_model, row.text_hash)
-        return out
+            rows = _rows_where_in(conn, table.c.id, list(dict.fromkeys(ids)),
+                                  table.c.id, table.c.embedding, table.c.embedding_model, table.c.text_hash,
+                                  where=(table.c.embedding.is_not(None),))
+            return {row.id: EmbeddingRecord(bytes(row.embedding), row.embedding_model, row.text_hash) for row in rows}
 
     def vectors(self, kind: EntityKind, nums: Iterable[int] | None = None) -> Iterator[StoredVector]:
         """Every entity's (or the given rows') embedding and index fields."""
@@ -238,20 +211,18 @@ class Store:
         cols = (table.c.num, table.c.id, table.c.data, table.c.embedding, table.c.embedding_model, table.c.text_hash)
         with self.engine.connect() as conn:
             if nums is None:
-                batches = [select(*cols).order_by(table.c.num)]
+                rows = conn.execution_options(yield_per=2000).execute(select(*cols).order_by(table.c.num))
             else:
-                nums = [int(n) for n in nums]
-                batches = [select(*cols).where(table.c.num.in_(nums[i : i + _CHUNK])) for i in range(0, len(nums), _CHUNK)]
-            for query in batches:
-                for row in conn.execution_options(yield_per=2000).execute(query):
-                    yield StoredVector(
-                        row.num,
-                        row.id,
-                        index_meta(kind, row.data),
-                        bytes(row.embedding) if row.embedding is not None else None,
-                        row.embedding_model,
-                        row.text_hash,
-                    )
+                rows = _rows_where_in(conn, table.c.num, [int(n) for n in nums], *cols)
+            for row in rows:
+                yield StoredVector(
+                    row.num,
+                    row.id,
+                    index_meta(kind, row.data),
+                    bytes(row.embedding) if row.embedding is not None else None,
+                    row.embedding_model,
+                    row.text_hash,
+                )
 
     def changes_since(self, seq: int) -> list[Change]:
         with self.engine.connect() as conn:
@@ -284,12 +255,10 @@ class Store:
         ids = [doc["id"] for doc, _ in items]
         with self.engine.begin() as conn:
             seq = self._next_seq(conn)
-            existing: dict[str, tuple[int, dt.datetime]] = {}
-            for start in range(0, len(ids), _CHUNK):
-                for row in conn.execute(
-                    select(table.c.id, table.c.num, table.c.created_at).where(table.c.id.in_(ids[start : start + _CHUNK]))
-                ):
-                    existing[row.id] = (row.num, row.created_at)
+            existing = {
+                row.id: (row.num, row.created_at)
+                for row in _rows_where_in(conn, table.c.id, ids, table.c.id, table.c.num, table.c.created_at)
+            }
             if create_only and existing:
                 raise ConflictError(kind, next(iter(existing)))
             inserts, updates, stored = [], [], []
@@ -329,11 +298,7 @@ class Store:
         table = ENTITY_TABLES[kind]
         with self.engine.begin() as conn:
             seq = self._next_seq(conn)
-            nums = {}
-            ids = list(records)
-            for start in range(0, len(ids), _CHUNK):
-                for row in conn.execute(select(table.c.id, table.c.num).where(table.c.id.in_(ids[start : start + _CHUNK]))):
-                    nums[row.id] = row.num
+            nums = {row.id: row.num for row in _rows_where_in(conn, table.c.id, list(records), table.c.id, table.c.num)}
             params = [
                 {"b_num": nums[i], "embedding": r.vector, "embedding_model": r.model, "text_hash": r.text_hash}
                 for i, r in records.items()
@@ -369,6 +334,12 @@ class Store:
             data = {**row.data, "owner_id": None}
             conn.execute(update(challenges).where(challenges.c.num == row.num).values(data=data, owner_id=None, updated_at=utcnow()))
             conn.execute(insert(changes).values(seq=seq, kind=EntityKind.challenges.value, entity_id=row.id, num=row.num, op="upsert"))
+
+
+def _rows_where_in(conn: Connection, column, keys: list, *columns, where=()) -> Iterator:
+    """Rows whose ``column`` is one of ``keys``, queried in chunks small enough for any database."""
+    for start in range(0, len(keys), _CHUNK):
+        yield from conn.execute(select(*columns).where(column.in_(keys[start : start + _CHUNK]), *where))
 
 
 def _document(row) -> dict:
