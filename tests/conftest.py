@@ -16,7 +16,8 @@ from matcher.encoder import Encoder  # noqa: E402
 from matcher.engine import Engine  # noqa: E402
 from matcher.settings import Settings  # noqa: E402
 
-CORDIS = ROOT.parent / "shared" / "data" / "cordis"
+# The real CORDIS data beside the checkout (as in CI); MATCHER_CORDIS_DIR points elsewhere.
+CORDIS = Path(os.environ.get("MATCHER_CORDIS_DIR", ROOT.parent / "shared" / "data" / "cordis"))
 
 
 @pytest.fixture(scope="session")
