@@ -26,9 +26,29 @@ def encoder() -> Encoder:
     return Encoder()
 
 
+# MATCHER_TEST_DB_URL runs the storage, engine and API tests on another database (e.g. PostgreSQL);
+# each test starts from empty tables. By default every test gets its own SQLite file.
+TEST_DB_URL = os.environ.get("MATCHER_TEST_DB_URL", "")
+
+
 @pytest.fixture
-def settings(tmp_path) -> Settings:
-    return Settings.from_env(data_dir=tmp_path / "data", load_demo=False, snapshot_every=500)
+def db_url(tmp_path) -> str:
+    if not TEST_DB_URL:
+        (tmp_path / "data").mkdir(exist_ok=True)
+        return f"sqlite:///{tmp_path / 'data' / 'matcher.db'}"
+    from sqlalchemy import create_engine
+
+    from models.tables import metadata
+
+    engine = create_engine(TEST_DB_URL)
+    metadata.drop_all(engine)
+    engine.dispose()
+    return TEST_DB_URL
+
+
+@pytest.fixture
+def settings(tmp_path, db_url) -> Settings:
+    return Settings.from_env(data_dir=tmp_path / "data", db_url=db_url, load_demo=False, snapshot_every=500)
 
 
 @pytest.fixture

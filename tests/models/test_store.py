@@ -8,8 +8,8 @@ ORG = EntityKind.organisations
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+def store(db_url):
+    store = Store(db_url)
     store.create_all()
     return store
 
