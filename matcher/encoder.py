@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,15 @@ def model_fingerprint(path: str) -> str:
                 digest.update(str(item.stat().st_size).encode())
     name = folder.name if folder.name != "model" else folder.parent.name
     return f"{name}@{digest.hexdigest()[:12]}"
+
+
+@dataclass(frozen=True)
+class Window:
+    """A run of text that fits the model, with the sentences it holds and their token counts."""
+
+    text: str
+    size: int
+    pieces: list[tuple[str, int]]
 
 
 class Encoder:
@@ -100,58 +110,94 @@ class Encoder:
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
-    def windows(self, text: str, tokens: int | None = None) -> list[tuple[str, int]]:
-        """The windows of a text, each with its token count; one window when it fits."""
-        tokens = self.token_count([text])[0] if tokens is None else tokens
-        if tokens <= self.window:
-            return [(text, tokens)]
+    def _pieces(self, text: str) -> list[tuple[str, int]]:
+        """The sentences of a text with their token counts; an over-long sentence is cut into word runs."""
         pieces: list[tuple[str, int]] = []
         sentences = split_sentences(text)
         for sentence, count in zip(sentences, self.token_count(sentences)):
             if count <= self.window:
                 pieces.append((sentence, count))
                 continue
-            words = sentence.split()  # an over-long "sentence": cut into word runs that fit
+            words = sentence.split()
             step = max(1, len(words) * self.window // (count + 1))
             for i in range(0, len(words), step):
                 chunk = " ".join(words[i : i + step])
                 pieces.append((chunk, self.token_count([chunk])[0]))
-        windows: list[tuple[str, int]] = []
-        current: list[str] = []
+        return pieces
+
+    def windows(self, text: str, tokens: int | None = None, with_pieces: bool = False) -> list[Window]:
+        """The windows of a text; one window when it fits. ``with_pieces`` also lists the sentences of a
+        text that fits (a text that does not fit is always split at its sentences)."""
+        tokens = self.token_count([text])[0] if tokens is None else tokens
+        if tokens <= self.window:
+            pieces = self._pieces(text) if with_pieces else []
+            if sum(c for _, c in pieces) != tokens:  # sentences that do not add up: no sentence vectors
+                pieces = []
+            return [Window(text, tokens, pieces)]
+        windows: list[Window] = []
+        current: list[tuple[str, int]] = []
         size = 0
-        for sentence, count in pieces:
+        for piece, count in self._pieces(text):
             if current and size + count > self.window:
-                windows.append((" ".join(current), size))
+                windows.append(Window(" ".join(p for p, _ in current), size, current))
                 current, size = [], 0
-            current.append(sentence)
+            current.append((piece, count))
             size += count
         if current:
-            windows.append((" ".join(current), size))
+            windows.append(Window(" ".join(p for p, _ in current), size, current))
         return windows
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """One unit vector per text (long texts pooled over windows)."""
+        return self._encode(texts, with_sentences=False)[0]
+
+    def encode_with_sentences(self, texts: list[str]) -> tuple[np.ndarray, list[list[tuple[str, np.ndarray]]]]:
+        """Text vectors as ``encode`` gives them and, from the same forward pass, one unit vector per
+        sentence: the mean of that sentence's contextual token embeddings. Explanations use these, so
+        matching never has to run the model over a profile's sentences again."""
+        return self._encode(texts, with_sentences=True)
+
+    def _encode(self, texts: list[str], with_sentences: bool):
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32), []
         counts = self.token_count(texts)
         plan: list[list[tuple[int, int]]] = []  # per text: (row in flat list, token weight)
-        flat: list[str] = []
+        flat: list[Window] = []
         for text, count in zip(texts, counts):
             rows = []
-            for window, size in self.windows(text, count):
-                rows.append((len(flat), max(size, 1)))
+            for window in self.windows(text, count, with_pieces=with_sentences):
+                rows.append((len(flat), max(window.size, 1)))
                 flat.append(window)
             plan.append(rows)
-        vectors = self._raw(flat)
+        sentence_rows: list[list[tuple[str, np.ndarray]]] = [[] for _ in flat]
+        if with_sentences:
+            outputs = self.model.encode(
+                [w.text for w in flat], batch_size=self.batch_size, output_value=None, show_progress_bar=False
+            )
+            vectors = np.vstack([o["sentence_embedding"].float().cpu().numpy() for o in outputs])
+            vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+            for i, (window, out) in enumerate(zip(flat, outputs)):
+                tokens = out["token_embeddings"][: int(out["attention_mask"].sum())].float().cpu().numpy()
+                if not window.pieces or len(tokens) != window.size + 2:  # [CLS] pieces... [SEP]
+                    continue
+                offset = 1
+                for piece, count in window.pieces:
+                    vector = tokens[offset : offset + count].mean(axis=0)
+                    sentence_rows[i].append((piece, vector / max(float(np.linalg.norm(vector)), 1e-12)))
+                    offset += count
+        else:
+            vectors = self._raw([w.text for w in flat])
         out = np.empty((len(texts), self.dim), dtype=np.float32)
+        sentences: list[list[tuple[str, np.ndarray]]] = []
         for i, rows in enumerate(plan):
+            sentences.append([pair for r, _ in rows for pair in sentence_rows[r]])
             if len(rows) == 1:
                 out[i] = vectors[rows[0][0]]
                 continue
             weights = np.array([w for _, w in rows], dtype=np.float32)
             pooled = (vectors[[r for r, _ in rows]] * weights[:, None]).sum(axis=0)
             out[i] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
-        return out
+        return out, sentences
 
     def encode_sentences(self, sentences: list[str]) -> np.ndarray:
         """Short texts as they are (for explanations); the model truncates anything over its window."""
@@ -167,4 +213,13 @@ def to_bytes(vector: np.ndarray) -> bytes:
 
 def from_bytes(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<f4")
+
+
+def matrix_to_bytes(vectors: np.ndarray) -> bytes:
+    """Sentence vectors, stored as float16: half the space, and plenty for choosing the closest sentence."""
+    return np.asarray(vectors, dtype="<f2").tobytes()
+
+
+def matrix_from_bytes(blob: bytes, dim: int) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f2").astype(np.float32).reshape(-1, dim)
 

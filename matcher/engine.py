@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from matcher import explain
-from matcher.encoder import Encoder, from_bytes, to_bytes
+from matcher.encoder import Encoder, from_bytes, matrix_from_bytes, matrix_to_bytes, to_bytes
 from matcher.index import Filter, SnapshotError, VectorIndex
 from matcher.settings import Settings
 from matcher.text import entity_text, profile_terms_text, split_sentences, text_hash
@@ -204,14 +204,31 @@ class Engine:
         with self.encoder.threads(self.settings.bulk_torch_threads) if large else nullcontext():
             for start in range(0, len(todo), step):
                 chunk = todo[start : start + step]
-                vectors = self.encoder.encode([texts[i] for i in chunk])
-                for i, vector in zip(chunk, vectors):
-                    records[i] = EmbeddingRecord(to_bytes(vector), model, hashes[i])
+                for i, record in zip(chunk, self._records(kind, [docs[i] for i in chunk])):
+                    records[i] = record
                 if progress is not None:
                     progress(len(chunk))
         if progress is not None and len(todo) < len(docs):
             progress(len(docs) - len(todo))
         return records  # type: ignore[return-value]
+
+    def _records(self, kind: EntityKind, docs: list[dict]) -> list[EmbeddingRecord]:
+        """Embed documents: the text's vector, and the vectors of its description's sentences."""
+        texts = [entity_text(kind, d) for d in docs]
+        vectors, sentences = self.encoder.encode_with_sentences(texts)
+        records = []
+        for doc, text, vector, pairs in zip(docs, texts, vectors, sentences):
+            described = [(s, v) for s, v in pairs if s in doc["description"]][:_MAX_EXPLAIN_SENTENCES]
+            records.append(
+                EmbeddingRecord(
+                    to_bytes(vector),
+                    self.encoder.name,
+                    text_hash(text),
+                    [s for s, _ in described] or None,
+                    matrix_to_bytes(np.vstack([v for _, v in described])) if described else None,
+                )
+            )
+        return records
 
     def _check_owners(self, docs: list[dict], single: bool) -> None:
         owners = {d["owner_id"] for d in docs if d.get("owner_id")}
@@ -282,9 +299,7 @@ class Engine:
             records = {}
             for start in range(0, len(docs), 256):
                 chunk = docs[start : start + 256]
-                texts = [entity_text(kind, d) for d in chunk]
-                for doc, text, vector in zip(chunk, texts, self.encoder.encode(texts)):
-                    records[doc["id"]] = EmbeddingRecord(to_bytes(vector), self.encoder.name, text_hash(text))
+                records.update((doc["id"], record) for doc, record in zip(chunk, self._records(kind, chunk)))
                 if progress is not None:
                     progress(len(chunk))
             counts[kind.value] = self.store.set_embeddings(kind, records)
@@ -376,22 +391,28 @@ class Engine:
         query_text = request.query.text if query_doc is None else profile_terms_text(query_doc)
         query_terms = explain.key_terms(query_text)
         per_hit = {}
+        stored = self.store.sentence_vectors(target, [n for n, _ in hits if n in docs])
+        missing: list[str] = []
         for num, _ in hits:
             doc = docs.get(num)
             if doc is None:  # deleted between search and fetch
                 continue
-            # Sentences of what the profile says of itself (the description first), not its labels.
-            sentences = split_sentences(doc["description"])[:_MAX_EXPLAIN_SENTENCES]
-            per_hit[num] = (doc, sentences)
-        all_sentences = [s for _, sentences in per_hit.values() for s in sentences]
-        vectors = self._sentence_vectors(all_sentences)
-        out, row = {}, 0
+            entry = stored.get(num)
+            if entry is not None and entry[2] == self.encoder.name:
+                per_hit[num] = (doc, entry[0], matrix_from_bytes(entry[1], self.encoder.dim))
+            else:  # stored before sentence vectors existed: embed the description's sentences now
+                sentences = split_sentences(doc["description"])[:_MAX_EXPLAIN_SENTENCES]
+                per_hit[num] = (doc, sentences, None)
+                missing.extend(sentences)
+        fresh = dict(zip(missing, self._sentence_vectors(missing))) if missing else {}
+        out = {}
         for num, similarity in hits:
             if num not in per_hit:
                 continue
-            doc, sentences = per_hit[num]
-            closest = explain.closest_sentence(vector, sentences, vectors[row : row + len(sentences)])
-            row += len(sentences)
+            doc, sentences, vectors = per_hit[num]
+            if vectors is None:
+                vectors = np.vstack([fresh[s] for s in sentences]) if sentences else np.zeros((0, self.encoder.dim), np.float32)
+            closest = explain.closest_sentence(vector, sentences, vectors)
             score = float(np.clip(similarity, 0.0, 1.0))
             shared = explain.shared_terms(query_terms, profile_terms_text(doc))
             query_sectors = {s.lower() for s in (query_doc or {}).get("sectors", [])}

@@ -42,6 +42,8 @@ class EmbeddingRecord:
     vector: bytes  # float32, little-endian
     model: str
     text_hash: str
+    sentences: list[str] | None = None  # the description's sentences ...
+    sentence_vectors: bytes | None = None  # ... and their vectors, float16, one row each
 
 
 @dataclass(frozen=True)
@@ -202,8 +204,24 @@ class Store:
         with self.engine.connect() as conn:
             rows = _rows_where_in(conn, table.c.id, list(dict.fromkeys(ids)),
                                   table.c.id, table.c.embedding, table.c.embedding_model, table.c.text_hash,
+                                  table.c.sentences, table.c.sentence_vectors,
                                   where=(table.c.embedding.is_not(None),))
-            return {row.id: EmbeddingRecord(bytes(row.embedding), row.embedding_model, row.text_hash) for row in rows}
+            return {
+                row.id: EmbeddingRecord(
+                    bytes(row.embedding), row.embedding_model, row.text_hash, row.sentences,
+                    bytes(row.sentence_vectors) if row.sentence_vectors is not None else None,
+                )
+                for row in rows
+            }
+
+    def sentence_vectors(self, kind: EntityKind, nums: Iterable[int]) -> dict[int, tuple[list[str], bytes, str]]:
+        """num -> (sentences, their float16 vectors, model) for the rows that have them."""
+        table = ENTITY_TABLES[kind]
+        with self.engine.connect() as conn:
+            rows = _rows_where_in(conn, table.c.num, [int(n) for n in nums],
+                                  table.c.num, table.c.sentences, table.c.sentence_vectors, table.c.embedding_model,
+                                  where=(table.c.sentence_vectors.is_not(None),))
+            return {row.num: (row.sentences, bytes(row.sentence_vectors), row.embedding_model) for row in rows}
 
     def vectors(self, kind: EntityKind, nums: Iterable[int] | None = None) -> Iterator[StoredVector]:
         """Every entity's (or the given rows') embedding and index fields."""
@@ -264,10 +282,7 @@ class Store:
             inserts, updates, stored = [], [], []
             for doc, emb in items:
                 row = {"data": doc, **_columns(kind, doc), "updated_at": now}
-                if emb is not None:
-                    row.update(embedding=emb.vector, embedding_model=emb.model, text_hash=emb.text_hash)
-                else:
-                    row.update(embedding=None, embedding_model=None, text_hash=None)
+                row.update(_embedding_columns(emb))
                 if doc["id"] in existing:
                     num, created = existing[doc["id"]]
                     updates.append({**row, "b_num": num})
@@ -299,11 +314,7 @@ class Store:
         with self.engine.begin() as conn:
             seq = self._next_seq(conn)
             nums = {row.id: row.num for row in _rows_where_in(conn, table.c.id, list(records), table.c.id, table.c.num)}
-            params = [
-                {"b_num": nums[i], "embedding": r.vector, "embedding_model": r.model, "text_hash": r.text_hash}
-                for i, r in records.items()
-                if i in nums
-            ]
+            params = [{"b_num": nums[i], **_embedding_columns(r)} for i, r in records.items() if i in nums]
             if params:
                 conn.execute(update(table).where(table.c.num == bindparam("b_num")), params)
                 conn.execute(
@@ -334,6 +345,13 @@ class Store:
             data = {**row.data, "owner_id": None}
             conn.execute(update(challenges).where(challenges.c.num == row.num).values(data=data, owner_id=None, updated_at=utcnow()))
             conn.execute(insert(changes).values(seq=seq, kind=EntityKind.challenges.value, entity_id=row.id, num=row.num, op="upsert"))
+
+
+def _embedding_columns(record: EmbeddingRecord | None) -> dict:
+    if record is None:
+        return dict(embedding=None, embedding_model=None, text_hash=None, sentences=None, sentence_vectors=None)
+    return dict(embedding=record.vector, embedding_model=record.model, text_hash=record.text_hash,
+                sentences=record.sentences, sentence_vectors=record.sentence_vectors)
 
 
 def _rows_where_in(conn: Connection, column, keys: list, *columns, where=()) -> Iterator:

@@ -39,6 +39,10 @@ def _entity_columns():
         Column("text_hash", String(64)),
         Column("embedding", LargeBinary),
         Column("embedding_model", String(500)),
+        # The description's sentences and their vectors (float16), made in the same forward pass as the
+        # embedding: explanations pick the sentence closest to a query without running the model again.
+        Column("sentences", JSON),
+        Column("sentence_vectors", LargeBinary),
     ]
 
 

@@ -15,7 +15,7 @@ def test_long_text_is_windowed_not_cut(encoder):
     tail = "Our second business is acoustic leak detection in drinking water networks. " * 30
     assert encoder.token_count([head])[0] > encoder.window
     windows = encoder.windows(head + tail)
-    assert len(windows) >= 3 and all(size <= encoder.window for _, size in windows)
+    assert len(windows) >= 3 and all(w.size <= encoder.window for w in windows)
     whole, head_only = encoder.encode([head + tail, head])
     water = encoder.encode(["water leak detection"])[0]
     # The end of the text is part of the embedding: a truncating encoder would give whole == head_only.
@@ -26,7 +26,7 @@ def test_long_text_is_windowed_not_cut(encoder):
 def test_an_over_long_sentence_is_split_into_fitting_windows(encoder):
     text = " ".join(["interoperability"] * 2000)  # one "sentence", thousands of word pieces
     windows = encoder.windows(text)
-    assert len(windows) > 5 and all(size <= encoder.window for _, size in windows)
+    assert len(windows) > 5 and all(w.size <= encoder.window for w in windows)
     assert encoder.encode([text]).shape == (1, encoder.dim)
 
 
@@ -45,3 +45,19 @@ def test_model_name_is_a_fingerprint_of_the_folder(encoder):
 
     assert encoder.name == model_fingerprint(encoder.path)
     assert "@" in encoder.name
+
+
+def test_sentence_vectors_come_from_the_same_pass(encoder):
+    texts = ["VoltGrid (startup).\nWe build battery storage controllers. Our software balances solar peaks.",
+             "We design battery storage controllers for microgrids. " * 40
+             + "Our second business is acoustic leak detection in drinking water networks. " * 30]
+    vectors, sentences = encoder.encode_with_sentences(texts)
+    assert np.allclose(vectors, encoder.encode(texts), atol=1e-5)  # the text vectors do not change
+    assert [s for s, _ in sentences[0]] == ["VoltGrid (startup).", "We build battery storage controllers.",
+                                            "Our software balances solar peaks."]
+    assert len(sentences[1]) == 70
+    for _, v in sentences[0] + sentences[1]:
+        assert abs(np.linalg.norm(v) - 1.0) < 1e-4
+    water = encoder.encode(["leak detection in water pipes"])[0]
+    best = max(sentences[1], key=lambda pair: pair[1] @ water)[0]
+    assert best == "Our second business is acoustic leak detection in drinking water networks."

@@ -75,6 +75,21 @@ def test_challenge_owner_must_exist_and_nothing_is_written(loaded):
     assert loaded.store.count(CH) == 1
 
 
+def test_explanations_use_sentence_vectors_stored_at_write_time(loaded, monkeypatch):
+    calls = []
+    real = loaded.encoder.encode_sentences
+    monkeypatch.setattr(loaded.encoder, "encode_sentences", lambda s: calls.append(s) or real(s))
+    result = loaded.match(req(query={"challenge_id": "harbour"}, k=6))
+    assert calls == [] and all(m["explanation"]["closest_sentence"] for m in result["matches"])
+    # A row stored without sentence vectors (an older store) is explained by embedding its sentences then.
+    from models.tables import organisations
+
+    with loaded.store.engine.begin() as conn:
+        conn.execute(organisations.update().where(organisations.c.id == "aquasense").values(sentence_vectors=None))
+    result = loaded.match(req(query={"text": "leak detection for water pipes"}, k=1))
+    assert len(calls) == 1 and result["matches"][0]["explanation"]["closest_sentence"].startswith("Acoustic sensors")
+
+
 def test_two_processes_agree_through_the_store(loaded, settings, encoder):
     other = Engine(settings, encoder=encoder).open()  # a second worker on the same database
     other.load_indexes()
@@ -91,8 +106,8 @@ def test_two_processes_agree_through_the_store(loaded, settings, encoder):
 
 def test_unchanged_profiles_are_not_embedded_again(loaded, monkeypatch):
     calls = []
-    real = loaded.encoder.encode
-    monkeypatch.setattr(loaded.encoder, "encode", lambda texts: calls.append(list(texts)) or real(texts))
+    real = loaded.encoder.encode_with_sentences
+    monkeypatch.setattr(loaded.encoder, "encode_with_sentences", lambda texts: calls.append(list(texts)) or real(texts))
     loaded.upsert_many(ORG, ORGS)  # identical
     assert calls == []
     changed = [dict(o) for o in ORGS]
