@@ -143,30 +143,26 @@ class Engine:
                 self.save_snapshots()
             return applied
 
-    def _replay(self, changes, kinds=KINDS) -> int:
-        last: dict[tuple[EntityKind, int], str] = {}
+    def _replay(self, changes) -> int:
+        """Bring the index rows these changes touched to the store's current state: a row that exists with
+        an embedding of this model is (re)added, anything else (deleted, or stale) is removed."""
+        touched: dict[EntityKind, list[int]] = {kind: [] for kind in KINDS}
         for change in changes:
-            if change.kind in kinds:
-                last[(change.kind, change.num)] = change.op
-        for kind in kinds:
-            index = self.indexes[kind]
-            gone = [num for (k, num), op in last.items() if k is kind and op == "delete"]
-            index.remove(gone)
-            upserted = [num for (k, num), op in last.items() if k is kind and op == "upsert"]
-            found = set()
-            for start in range(0, len(upserted), 2000):
-                rows = [r for r in self.store.vectors(kind, upserted[start : start + 2000])]
-                fresh = [r for r in rows if r.vector is not None and r.model == self.encoder.name]
-                found.update(r.num for r in fresh)
-                index.remove([r.num for r in rows if r.num not in found])  # now stale
-                if fresh:
-                    index.upsert(
-                        [r.num for r in fresh],
-                        np.vstack([from_bytes(r.vector) for r in fresh]),
-                        [{"id": r.id, **r.meta} for r in fresh],
-                    )
-            index.remove([n for n in upserted if n not in found])  # deleted since, or stale
-        return len(last)
+            touched[change.kind].append(change.num)
+        for kind, nums in touched.items():
+            nums = list(dict.fromkeys(nums))
+            index, present = self.indexes[kind], set()
+            for start in range(0, len(nums), 2000):
+                rows = [
+                    r for r in self.store.vectors(kind, nums[start : start + 2000])
+                    if r.vector is not None and r.model == self.encoder.name
+                ]
+                if rows:
+                    index.upsert([r.num for r in rows], np.vstack([from_bytes(r.vector) for r in rows]),
+                                 [{"id": r.id, **r.meta} for r in rows])
+                present.update(r.num for r in rows)
+            index.remove([n for n in nums if n not in present])
+        return sum(len(set(nums)) for nums in touched.values())
 
     def status(self) -> dict:
         """What /readyz reports: ready when the model is loaded and every index matches the store."""

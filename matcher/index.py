@@ -152,7 +152,7 @@ class VectorIndex:
         self = cls(dim)
         self.index = faiss.deserialize_index(np.ascontiguousarray(blob))
         if not isinstance(self.index, faiss.IndexIDMap2):
-            self.index = faiss.IndexIDMap2.cast(self.index) if hasattr(faiss.IndexIDMap2, "cast") else self.index
+            raise SnapshotError(f"snapshot {path} holds a {type(self.index).__name__}, not an IndexIDMap2")
         self.meta = {int(k): v for k, v in header["meta"].items()}
         self.num_of = {m["id"]: n for n, m in self.meta.items()}
         if len(self) != header["ntotal"] or len(self.meta) != len(self):
