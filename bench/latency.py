@@ -91,14 +91,26 @@ def load_pool(path: Path, n: int) -> tuple[list[dict], int, list[str]]:
     return records, skipped, reasons
 
 
-def load_queries(path: Path) -> list[str]:
-    texts = []
+def load_queries(path: Path) -> tuple[list[str], list[str]]:
+    """The dev query texts (title + "\\n" + description) that a match request accepts, and the ids of those it
+    rejects (over the query text limit), which are left out."""
+    from pydantic import ValidationError
+
+    from models.schemas import MatchQuery
+
+    texts, rejected = [], []
     with gzip.open(path, "rt", encoding="utf-8") as fh:
         for line in fh:
             if line.strip():
                 q = json.loads(line)
-                texts.append(f"{q['title']}\n{q['description']}")
-    return texts
+                text = f"{q['title']}\n{q['description']}"
+                try:
+                    MatchQuery.model_validate({"text": text})
+                except ValidationError as exc:
+                    rejected.append(f"{q.get('id')} ({len(text):,} chars: {exc.errors()[0]['msg']})")
+                    continue
+                texts.append(text)
+    return texts, rejected
 
 
 def cycle(items: list, count: int) -> list:
@@ -433,9 +445,46 @@ def bench_http(size: int, data_dir: Path, queries: list[str], count: int, client
             out[key] = {**latency, "req_per_s": rps}
             log(f"[{size}] HTTP /v1/match explain={str(explain).lower():<5} {fmt_lat(latency)}  {rps:.1f} req/s")
         return out
+    except Exception:
+        _stop(proc)
+        # Keep the server's side of the failure (its traceback) beyond the temporary data dir.
+        OUT.mkdir(parents=True, exist_ok=True)
+        kept = OUT / f"gunicorn-{size}.log"
+        shutil.copyfile(log_path, kept)
+        log(f"[{size}] gunicorn log kept in {kept}; its last lines:\n{_tail(log_path, 40)}")
+        raise
     finally:
         _stop(proc)
         log(f"[{size}] gunicorn stopped (exit {proc.returncode})")
+
+
+# --- what code is measured ----------------------------------------------------------------------------
+
+
+def source_fingerprint() -> str:
+    """A hash of the engine's and service's source files: the code a run measures (and gunicorn imports)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for folder in ("matcher", "models", "service"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            digest.update(str(path.relative_to(ROOT)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def git_revision() -> str:
+    """The checked-out commit, with "+changes" when the measured sources differ from it (read-only git calls)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "matcher", "models", "service"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + (" +uncommitted changes" if dirty.stdout.strip() else "")
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -473,6 +522,7 @@ def machine_facts(model_load_s: float, encoder) -> dict:
         "faiss": faiss.__version__,
         "model": encoder.name,
         "model_load_s": model_load_s,
+        "bulk_threads": os.environ.get("MATCHER_BULK_TORCH_THREADS", "0 (default)"),
     }
 
 
@@ -496,7 +546,8 @@ def render(results: list[dict], facts: dict, args, started_at: str, total_s: flo
         f"# Matcher latency benchmark ({started_at})",
         "",
         f"Organisations: the first N valid rows of `pool.jsonl.gz`; queries: {args.queries} requests per variant cycling "
-        f"through the {results[0]['n_queries'] if results else '?'} dev query texts (title + description), after {WARMUP} warm-up requests. "
+        f"through the {results[0]['n_queries'] if results else '?'} dev query texts (title + description; "
+        f"{len(results[0]['queries_left_out']) if results else '?'} over the query text limit left out), after {WARMUP} warm-up requests. "
         "Latency is wall time per request in ms.",
         "",
         "| metric | " + " | ".join(f"N = {s:,}" for s in sizes) + " |",
@@ -541,7 +592,8 @@ def render(results: list[dict], facts: dict, args, started_at: str, total_s: flo
         "",
         f"- nproc {facts['nproc']} (usable {facts['usable_cpus']}), CPU {facts['cpu']}, memory {facts['memory']}",
         f"- Python {facts['python']} on {facts['platform']}; torch {facts['torch']}, faiss {facts['faiss']}",
-        f"- engine-level runs: torch.set_num_threads({ENGINE_THREADS}) (torch reports {facts['torch_threads']} threads); "
+        f"- engine-level runs: torch.set_num_threads({ENGINE_THREADS}) (torch reports {facts['torch_threads']} threads; "
+        f"Engine.write embeds large writes with MATCHER_BULK_TORCH_THREADS = {facts['bulk_threads']}, 0 = every core); "
         f"model {facts['model']}, loaded once in {facts['model_load_s']:.1f} s (not counted in indexing)",
         (
             f"- HTTP: gunicorn, {http['workers']} sync workers, torch threads per worker = MATCHER_TORCH_THREADS "
@@ -550,6 +602,9 @@ def render(results: list[dict], facts: dict, args, started_at: str, total_s: flo
             if http
             else "- HTTP: not run"
         ),
+        f"- code: {facts['revision']}, sources {facts['sources']}"
+        + (f"; WARNING: the sources changed during the run ({', '.join(facts['sources_changed'])}), the figures may mix versions"
+           if facts["sources_changed"] else "; unchanged during the run"),
         f"- total run time {total_s / 60:.1f} min",
         "",
     ]
@@ -593,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
 
     run_started = time.perf_counter()
     started_at = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    source_at_start, revision = source_fingerprint(), git_revision()
+    changed_during_run: list[str] = []
+    log(f"measuring {revision} (sources {source_at_start})")
 
     import torch
 
@@ -605,8 +663,10 @@ def main(argv: list[str] | None = None) -> int:
     encoder.encode(["warm-up"])
     model_load_s = time.perf_counter() - t0
     log(f"model {encoder.name} loaded in {model_load_s:.1f} s")
-    queries = load_queries(args.queries_file)
-    log(f"{len(queries)} dev queries from {args.queries_file}")
+    queries, rejected = load_queries(args.queries_file)
+    log(f"{len(queries)} dev queries from {args.queries_file}; {len(rejected)} left out as invalid match requests")
+    for item in rejected:
+        log(f"  left out query {item}")
     facts = machine_facts(model_load_s, encoder)
 
     results = []
@@ -622,12 +682,16 @@ def main(argv: list[str] | None = None) -> int:
         engine = None
         try:
             index, engine = bench_indexing(size, records, data_dir, encoder)
-            result = {"size": size, "skipped": skipped, "n_queries": len(queries), "index": index}
+            result = {"size": size, "skipped": skipped, "n_queries": len(queries), "queries_left_out": rejected, "index": index}
             ids = [r["id"] for r in records]
             result["engine"] = bench_engine(size, engine, queries, ids, args.queries, args.encode_queries, args.seed)
             engine.store.engine.dispose()
             engine = None
             if size in http_sizes:
+                if source_fingerprint() != source_at_start:
+                    log(f"[{size}] WARNING: matcher/, models/ or service/ changed since the run started: "
+                        "gunicorn will import other code than the engine-level part measured")
+                    changed_during_run.append(f"before HTTP at N = {size:,}")
                 try:
                     result["http"] = bench_http(size, data_dir, queries, args.queries, args.http_clients, args.workers)
                 except Exception as exc:  # noqa: BLE001 - the other figures still get reported
@@ -647,6 +711,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"[{size}] done in {time.perf_counter() - size_started:.1f} s")
 
     total_s = time.perf_counter() - run_started
+    if source_fingerprint() != source_at_start:
+        changed_during_run.append("by the end")
+    facts["revision"] = revision
+    facts["sources"] = source_at_start
+    facts["sources_changed"] = changed_during_run
     table = render(results, facts, args, started_at, total_s)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(table)

@@ -373,15 +373,18 @@ class Engine:
         return {"matches": matches, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
     def _sentence_vectors(self, sentences: list[str]) -> np.ndarray:
+        """Vectors of sentences embedded alone (for rows stored without sentence vectors), cached per process."""
+        if not sentences:
+            return np.zeros((0, self.encoder.dim), np.float32)
         missing = [s for s in dict.fromkeys(sentences) if s not in self._sentences]
         if missing:
-            for s, v in zip(missing, self.encoder.encode_sentences(missing)):
-                self._sentences[s] = v
-            while len(self._sentences) > _SENTENCE_CACHE:
-                self._sentences.popitem(last=False)
+            self._sentences.update(zip(missing, self.encoder.encode_sentences(missing)))
+        result = np.vstack([self._sentences[s] for s in sentences])
         for s in sentences:
             self._sentences.move_to_end(s)
-        return np.vstack([self._sentences[s] for s in sentences]) if sentences else np.zeros((0, self.encoder.dim), np.float32)
+        while len(self._sentences) > _SENTENCE_CACHE:  # evict only after this request has what it needs
+            self._sentences.popitem(last=False)
+        return result
 
     def _explain(self, vector, request, query_doc, query_kind, target, hits, docs) -> dict[int, dict]:
         query_text = request.query.text if query_doc is None else profile_terms_text(query_doc)

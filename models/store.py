@@ -124,6 +124,7 @@ class Store:
     def create_all(self) -> None:
         """Create the tables if missing (idempotent, safe to run from several processes)."""
         metadata.create_all(self.engine)
+        self._add_missing_columns()
         with self.engine.begin() as conn:
             if conn.execute(select(sync_state.c.seq).where(sync_state.c.id == 1)).first() is None:
                 try:
@@ -131,6 +132,19 @@ class Store:
                         conn.execute(insert(sync_state).values(id=1, seq=0, store_uid=uuid.uuid4().hex))
                 except Exception:  # another process inserted it first
                     pass
+
+    def _add_missing_columns(self) -> None:
+        """Bring a store made by an older version up to date: add the (nullable) columns it lacks."""
+        from sqlalchemy import inspect, text
+
+        inspector = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in metadata.sorted_tables:
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present and column.nullable:
+                        kind = column.type.compile(dialect=self.engine.dialect)
+                        conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
 
     def dispose(self) -> None:
         """Drop pooled connections (call in a child process after fork)."""

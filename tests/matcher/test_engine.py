@@ -143,3 +143,13 @@ def test_snapshot_start_matches_store_start(loaded, settings, encoder):
     cold = Engine(settings, encoder=encoder).open()
     cold.load_indexes()  # a corrupt snapshot is rebuilt from the store
     assert ids(cold.match(query)) == ids(loaded.match(query))
+
+
+def test_sentence_cache_never_evicts_what_a_request_needs(engine, monkeypatch):
+    import matcher.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_SENTENCE_CACHE", 3)
+    first = engine._sentence_vectors(["one sentence.", "two sentences."])
+    both = engine._sentence_vectors(["three.", "four.", "five.", "one sentence."])
+    assert both.shape == (4, engine.encoder.dim) and len(engine._sentences) == 3
+    assert abs(float(both[3] @ first[0]) - 1.0) < 1e-5

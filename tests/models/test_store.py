@@ -77,3 +77,20 @@ def test_create_all_is_idempotent_and_store_uid_stable(store):
     uid = store.store_uid()
     store.create_all()
     assert store.store_uid() == uid and store.current_seq() == 0
+
+
+def test_a_store_from_an_older_version_gets_the_new_columns(tmp_path):
+    from sqlalchemy import create_engine, inspect, text
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = Store(url)
+    store.create_all()
+    with store.engine.begin() as conn:  # as the first release made it, before sentence vectors
+        conn.execute(text("ALTER TABLE organisations DROP COLUMN sentence_vectors"))
+        conn.execute(text("ALTER TABLE organisations DROP COLUMN sentences"))
+    reopened = Store(url)
+    reopened.create_all()
+    columns = {c["name"] for c in inspect(create_engine(url)).get_columns("organisations")}
+    assert {"sentences", "sentence_vectors"} <= columns
+    reopened.upsert(ORG, [(doc(1), emb(1))])
+    assert reopened.embeddings_of(ORG, ["o001"])["o001"].sentences is None
