@@ -5,7 +5,7 @@
 #
 # Settings are the MATCHER_* environment variables (see the README), e.g. -e MATCHER_WORKERS=4,
 # -e MATCHER_LOAD_DEMO=0 (the demo data is loaded into an empty store unless that is set),
-# -e MATCHER_DB_URL=postgresql+psycopg://... (a PostgreSQL driver is not in requirements.txt).
+# -e MATCHER_DB_URL=postgresql+psycopg://... (the psycopg driver is in requirements.txt).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
