@@ -203,9 +203,6 @@ class Encoder:
         """Short texts as they are (for explanations); the model truncates anything over its window."""
         return self._raw(sentences)
 
-    def describe(self) -> dict:
-        return {"name": self.name, "path": self.path, "dim": self.dim, "window_tokens": self.window}
-
 
 def to_bytes(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype="<f4").tobytes()

@@ -146,11 +146,11 @@ class Engine:
     def _replay(self, changes) -> int:
         """Bring the index rows these changes touched to the store's current state: a row that exists with
         an embedding of this model is (re)added, anything else (deleted, or stale) is removed."""
-        touched: dict[EntityKind, list[int]] = {kind: [] for kind in KINDS}
+        touched: dict[EntityKind, dict[int, None]] = {kind: {} for kind in KINDS}
         for change in changes:
-            touched[change.kind].append(change.num)
-        for kind, nums in touched.items():
-            nums = list(dict.fromkeys(nums))
+            touched[change.kind][change.num] = None
+        for kind, rows_touched in touched.items():
+            nums = list(rows_touched)
             index, present = self.indexes[kind], set()
             for start in range(0, len(nums), 2000):
                 rows = [
@@ -162,7 +162,7 @@ class Engine:
                                  [{"id": r.id, **r.meta} for r in rows])
                 present.update(r.num for r in rows)
             index.remove([n for n in nums if n not in present])
-        return sum(len(set(nums)) for nums in touched.values())
+        return sum(len(nums) for nums in touched.values())
 
     def status(self) -> dict:
         """What /readyz reports: ready when the model is loaded and every index matches the store."""
@@ -200,7 +200,7 @@ class Engine:
         with self.encoder.threads(self.settings.bulk_torch_threads) if large else nullcontext():
             for start in range(0, len(todo), step):
                 chunk = todo[start : start + step]
-                for i, record in zip(chunk, self._records(kind, [docs[i] for i in chunk])):
+                for i, record in zip(chunk, self._records([docs[i] for i in chunk], [texts[i] for i in chunk])):
                     records[i] = record
                 if progress is not None:
                     progress(len(chunk))
@@ -208,9 +208,8 @@ class Engine:
             progress(len(docs) - len(todo))
         return records  # type: ignore[return-value]
 
-    def _records(self, kind: EntityKind, docs: list[dict]) -> list[EmbeddingRecord]:
-        """Embed documents: the text's vector, and the vectors of its description's sentences."""
-        texts = [entity_text(kind, d) for d in docs]
+    def _records(self, docs: list[dict], texts: list[str]) -> list[EmbeddingRecord]:
+        """Embed documents (given their profile texts): the text's vector, and its description's sentence vectors."""
         vectors, sentences = self.encoder.encode_with_sentences(texts)
         records = []
         for doc, text, vector, pairs in zip(docs, texts, vectors, sentences):
@@ -295,7 +294,8 @@ class Engine:
             records = {}
             for start in range(0, len(docs), 256):
                 chunk = docs[start : start + 256]
-                records.update((doc["id"], record) for doc, record in zip(chunk, self._records(kind, chunk)))
+                texts = [entity_text(kind, d) for d in chunk]
+                records.update((doc["id"], record) for doc, record in zip(chunk, self._records(chunk, texts)))
                 if progress is not None:
                     progress(len(chunk))
             counts[kind.value] = self.store.set_embeddings(kind, records)

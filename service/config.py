@@ -7,4 +7,4 @@ __all__ = ["Settings", "flask_config"]
 
 
 def flask_config(settings: Settings) -> dict:
-    return {"MAX_CONTENT_LENGTH": settings.max_body_bytes, "MATCHER_SETTINGS": settings}
+    return {"MAX_CONTENT_LENGTH": settings.max_body_bytes}
