@@ -6,6 +6,8 @@
     python -m matcher match --text "..." -k 10  ranked, explained matches
     python -m matcher reindex [--force]         embed what is missing or stale, rewrite index snapshots
     python -m matcher status                    what the store and indexes hold
+    python -m matcher evaluate --pool P --queries Q   match quality on real consortia, beside the baselines
+    python -m matcher train-ranker              train the learned ranker (leak-free 2021-2022 topics)
 
 Settings come from the MATCHER_* environment variables (see the README).
 """
@@ -160,10 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="settings, store and index state as JSON")
     p.set_defaults(func=cmd_status)
+
+    # Commands with options of their own: everything after the name goes to them (see their --help).
+    for name, module, text in (
+        ("evaluate", "matcher.evaluation", "match quality on real consortia, the product beside the baselines"),
+        ("train-ranker", "matcher.training", "train the learned ranker on leak-free 2021-2022 call topics"),
+    ):
+        sub.add_parser(name, help=text, add_help=False)
+        DELEGATED[name] = module
     return parser
 
 
+DELEGATED: dict[str, str] = {}
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    quiet = [a for a in argv[:1] if a in ("-q", "--quiet")]
+    rest = argv[len(quiet):]
+    if rest and rest[0] in DELEGATED:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        return __import__(DELEGATED[rest[0]], fromlist=["main"]).main(rest[1:] + quiet)
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return args.func(args)

@@ -16,7 +16,11 @@ import numpy as np
 
 from matcher import explain
 from matcher.encoder import Encoder, from_bytes, matrix_from_bytes, matrix_to_bytes, to_bytes
+from matcher.hybrid import Corpus, Ranked, rank
 from matcher.index import Filter, SnapshotError, VectorIndex
+from matcher.lexical import LexicalIndex
+from matcher.ranker import DEFAULT_PATH as DEFAULT_RANKER, Ranker
+from matcher.track_record import TrackRecords
 from matcher.settings import Settings
 from matcher.text import entity_text, profile_terms_text, split_sentences, text_hash
 from models.enums import EntityKind, OrgType
@@ -39,6 +43,9 @@ class Engine:
         self.store = store or Store(settings.db_url)
         self._encoder = encoder
         self.indexes: dict[EntityKind, VectorIndex] = {}
+        self.lexical: dict[EntityKind, LexicalIndex] = {}
+        self.records = TrackRecords()  # organisations' track records and co-partnership graph
+        self._ranker: Ranker | None = None
         self.stale: dict[EntityKind, int] = {kind: 0 for kind in KINDS}
         self.synced_seq = -1
         self._lock = threading.RLock()
@@ -80,6 +87,7 @@ class Engine:
                 if any(seq > self.store.current_seq() for _, seq in loaded.values()):
                     raise SnapshotError("a snapshot is ahead of the store")
                 self.indexes = {kind: index for kind, (index, _) in loaded.items()}
+                self._build_text_indexes()
                 # Replaying from the older snapshot's seq is harmless for the newer one: a replay is idempotent.
                 self.synced_seq = min(seq for _, seq in loaded.values())
                 rebuilt = False
@@ -87,6 +95,7 @@ class Engine:
                 log.info("building the indexes from the store (%s)", exc)
                 self.synced_seq = self.store.current_seq()
                 self.indexes = {kind: self._build(kind) for kind in KINDS}
+                self._build_text_indexes()
                 rebuilt = True
             self.sync()
             self._count_stale()
@@ -108,6 +117,57 @@ class Engine:
         if nums:
             index.upsert(nums, np.vstack(vectors), metas)
         return index
+
+    def _build_text_indexes(self) -> None:
+        """BM25 and track records of every indexed row, read from the store (they are not snapshotted)."""
+        self.lexical = {kind: LexicalIndex() for kind in KINDS}
+        self.records = TrackRecords()
+        for kind in KINDS:
+            index, nums, docs = self.indexes[kind], [], []
+            for row in self.store.vectors(kind):
+                if row.num in index.meta:
+                    nums.append(row.num)
+                    docs.append(row.data)
+                if len(nums) >= 2000:
+                    self._add_text(kind, nums, docs)
+                    nums, docs = [], []
+            self._add_text(kind, nums, docs)
+
+    def _add_text(self, kind: EntityKind, nums: list[int], docs: list[dict]) -> None:
+        if not nums:
+            return
+        self.lexical[kind].upsert(nums, [entity_text(kind, d) for d in docs])
+        if kind is EntityKind.organisations:
+            self.records.upsert(nums, docs)
+
+    def _remove_text(self, kind: EntityKind, nums: list[int]) -> None:
+        self.lexical[kind].remove(nums)
+        if kind is EntityKind.organisations:
+            self.records.remove(nums)
+
+    @property
+    def ranker(self) -> Ranker:
+        if self._ranker is None:
+            self._ranker = Ranker.load(self.settings.ranker or DEFAULT_RANKER)
+        return self._ranker
+
+    def corpus(self, kind: EntityKind) -> Corpus:
+        """What hybrid ranking reads of one kind."""
+
+        def sentence_vectors(nums: list[int]) -> dict[int, np.ndarray]:
+            stored = self.store.sentence_vectors(kind, nums)
+            return {
+                num: matrix_from_bytes(blob, self.encoder.dim)
+                for num, (_, blob, model) in stored.items()
+                if model == self.encoder.name
+            }
+
+        return Corpus(
+            self.indexes[kind],
+            self.lexical[kind],
+            self.records if kind is EntityKind.organisations else None,
+            sentence_vectors,
+        )
 
     def _count_stale(self) -> None:
         for kind in KINDS:
@@ -160,8 +220,11 @@ class Engine:
                 if rows:
                     index.upsert([r.num for r in rows], np.vstack([from_bytes(r.vector) for r in rows]),
                                  [{"id": r.id, **r.meta} for r in rows])
+                    self._add_text(kind, [r.num for r in rows], [r.data for r in rows])
                 present.update(r.num for r in rows)
-            index.remove([n for n in nums if n not in present])
+            gone = [n for n in nums if n not in present]
+            index.remove(gone)
+            self._remove_text(kind, gone)
         return sum(len(nums) for nums in touched.values())
 
     def status(self) -> dict:
@@ -326,11 +389,13 @@ class Engine:
     def match(self, request: MatchRequest) -> dict:
         return self.match_many([request])[0]
 
-    def match_many(self, requests: list[MatchRequest]) -> list[dict]:
-        """Ranked, explained matches for each request, best first."""
+    def match_many(self, requests: list[MatchRequest], text_vectors: dict[str, np.ndarray] | None = None) -> list[dict]:
+        """Ranked, explained matches for each request, best first (``text_vectors``: query embeddings known already)."""
         self.sync()
-        texts = list(dict.fromkeys(r.query.text for r in requests if r.query.text is not None))
-        text_vectors = dict(zip(texts, self.encoder.encode(texts))) if texts else {}
+        text_vectors = dict(text_vectors or {})
+        texts = list(dict.fromkeys(r.query.text for r in requests if r.query.text is not None and r.query.text not in text_vectors))
+        if texts:
+            text_vectors.update(zip(texts, self.encoder.encode(texts)))
         return [self._match_one(r, text_vectors) for r in requests]
 
     def _match_one(self, request: MatchRequest, text_vectors) -> dict:
@@ -351,26 +416,38 @@ class Engine:
             status=None if target is EntityKind.organisations or request.filters.status == "any" else request.filters.status,
             exclude_nums=tuple(exclude),
         )
-        hits = index.search(vector[None, :], request.k, flt)[0]
-        docs = self.store.get_by_nums(target, [n for n, _ in hits]) if request.explain else {}
+        query_text = request.query.text if query_doc is None else entity_text(query_kind, query_doc)
+        ranked = rank(self.corpus(target), vector, query_text, flt, request.k, self.ranker, self._type_fit(query_doc, query_kind, target))
+        docs = self.store.get_by_nums(target, [r.num for r in ranked]) if request.explain else {}
+        explanations = self._explain(vector, request, query_doc, query_kind, target, ranked, docs) if request.explain else {}
         matches = []
-        explanations = self._explain(vector, request, query_doc, query_kind, target, hits, docs) if request.explain else {}
-        for num, similarity in hits:
-            meta = index.meta[num]
-            matches.append(
-                {
-                    "id": meta["id"],
-                    "name": meta["name"],
-                    "type": meta.get("type") if target is EntityKind.organisations else None,
-                    "country": meta.get("country"),
-                    "score": round(float(np.clip(similarity, 0.0, 1.0)), 4),
-                    "explanation": explanations.get(num),
-                }
-            )
-        if target is EntityKind.challenges:
-            for m, (num, _) in zip(matches, hits):
-                m["status"] = index.meta[num].get("status")
+        for r in ranked:
+            meta = index.meta[r.num]
+            match = {
+                "id": meta["id"],
+                "name": meta["name"],
+                "type": meta.get("type") if target is EntityKind.organisations else None,
+                "country": meta.get("country"),
+                "score": round(r.score, 4),
+                "explanation": explanations.get(r.num),
+            }
+            if target is EntityKind.challenges:
+                match["status"] = meta.get("status")
+            matches.append(match)
         return {"matches": matches, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+    def _type_fit(self, query_doc, query_kind, target):
+        """Which candidates the challenge side prefers by organisation type (None when nobody says)."""
+        if query_doc is None:
+            return None
+        if query_kind is EntityKind.challenges and target is EntityKind.organisations:
+            preferred = set(query_doc.get("preferred_partner_types") or [])
+            meta = self.indexes[target].meta
+            return (lambda num: meta[num].get("type") in preferred) if preferred else None
+        if query_kind is EntityKind.organisations and target is EntityKind.challenges:
+            org_type, meta = query_doc.get("type"), self.indexes[target].meta
+            return lambda num: org_type in (meta[num].get("preferred_partner_types") or [])
+        return None
 
     def _sentence_vectors(self, sentences: list[str]) -> np.ndarray:
         """Vectors of sentences embedded alone (for rows stored without sentence vectors), cached per process."""
@@ -386,53 +463,62 @@ class Engine:
             self._sentences.popitem(last=False)
         return result
 
-    def _explain(self, vector, request, query_doc, query_kind, target, hits, docs) -> dict[int, dict]:
+    def _explain(self, vector, request, query_doc, query_kind, target, ranked: list[Ranked], docs) -> dict[int, dict]:
+        """Why each match ranked where it did, from the signals the ranker used."""
         query_text = request.query.text if query_doc is None else profile_terms_text(query_doc)
         query_terms = explain.key_terms(query_text)
         per_hit = {}
-        stored = self.store.sentence_vectors(target, [n for n, _ in hits if n in docs])
+        stored = self.store.sentence_vectors(target, [r.num for r in ranked if r.num in docs])
         missing: list[str] = []
-        for num, _ in hits:
-            doc = docs.get(num)
+        for r in ranked:
+            doc = docs.get(r.num)
             if doc is None:  # deleted between search and fetch
                 continue
-            entry = stored.get(num)
+            entry = stored.get(r.num)
             if entry is not None and entry[2] == self.encoder.name:
-                per_hit[num] = (doc, entry[0], matrix_from_bytes(entry[1], self.encoder.dim))
+                per_hit[r.num] = (doc, entry[0], matrix_from_bytes(entry[1], self.encoder.dim))
             else:  # stored before sentence vectors existed: embed the description's sentences now
                 sentences = split_sentences(doc["description"])[:_MAX_EXPLAIN_SENTENCES]
-                per_hit[num] = (doc, sentences, None)
+                per_hit[r.num] = (doc, sentences, None)
                 missing.extend(sentences)
         fresh = dict(zip(missing, self._sentence_vectors(missing))) if missing else {}
+        meta = self.indexes[target].meta
         out = {}
-        for num, similarity in hits:
-            if num not in per_hit:
+        for r in ranked:
+            if r.num not in per_hit:
                 continue
-            doc, sentences, vectors = per_hit[num]
+            doc, sentences, vectors = per_hit[r.num]
             if vectors is None:
                 vectors = np.vstack([fresh[s] for s in sentences]) if sentences else np.zeros((0, self.encoder.dim), np.float32)
             closest = explain.closest_sentence(vector, sentences, vectors)
-            score = float(np.clip(similarity, 0.0, 1.0))
             shared = explain.shared_terms(query_terms, profile_terms_text(doc))
             query_sectors = {s.lower() for s in (query_doc or {}).get("sectors", [])}
             sectors = [s for s in doc.get("sectors", []) if s.lower() in query_sectors]
-            offers, type_fit = self._fit(request, query_doc, query_kind, target, doc)
-            out[num] = {
-                "summary": explain.summary(score, shared=shared, sectors=sectors, offers=offers, type_fit=type_fit),
+            offers, type_fit, preferred = self._fit(request, query_doc, query_kind, target, doc)
+            projects = explain.related_projects(vector, query_terms, doc.get("past_projects") or [], sentences, vectors)
+            worked_with = [meta[n]["name"] for n in r.linked[:3] if n in meta]
+            signals = explain.signals(r.contributions, self.ranker.preferred_type_bonus if preferred else 0.0)
+            out[r.num] = {
+                "summary": explain.summary(r.score, signals=signals, shared=shared, sectors=sectors, offers=offers,
+                                           type_fit=type_fit, projects=projects, worked_with=worked_with),
+                "signals": signals,
                 "closest_sentence": closest[0] if closest else None,
                 "closest_sentence_similarity": round(closest[1], 4) if closest else None,
                 "shared_terms": shared,
                 "shared_sectors": sectors,
                 "offers_for_needs": offers,
+                "related_projects": projects,
+                "worked_with": worked_with,
                 "type_fit": type_fit,
             }
         return out
 
     @staticmethod
-    def _fit(request, query_doc, query_kind, target, doc) -> tuple[list[str], str | None]:
-        """What one side offers of what the other needs, and whether the organisation type is wanted."""
+    def _fit(request, query_doc, query_kind, target, doc) -> tuple[list[str], str | None, bool]:
+        """What one side offers of what the other needs, whether the organisation type is wanted (in words),
+        and whether it is one the challenge prefers."""
         if query_doc is None:  # free text: the offers that speak to it
-            return explain.phrase_overlap([request.query.text], doc.get("offers", [])), None
+            return explain.phrase_overlap([request.query.text], doc.get("offers", [])), None, False
         if target is EntityKind.organisations:
             offers = explain.phrase_overlap(query_doc.get("needs", []), doc.get("offers", []))
             preferred = query_doc.get("preferred_partner_types") or [] if query_kind is EntityKind.challenges else []
@@ -449,4 +535,4 @@ class Engine:
                 if org_type in preferred
                 else f"the challenge prefers {', '.join(explain.type_label(p) for p in preferred)}, not {explain.article(label)} {label}"
             )
-        return offers, type_fit
+        return offers, type_fit, bool(preferred and org_type in preferred)

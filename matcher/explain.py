@@ -79,25 +79,95 @@ def article(label: str) -> str:
     return "an" if label[:1].lower() in "aeiou" or label == "SME" else "a"
 
 
+# Signal groups of the ranker (matcher.ranker.FEATURES), named for a person.
+SIGNAL_GROUPS = {
+    "meaning": ("dense", "dense_gap", "best_sentence"),
+    "key_terms": ("bm25",),
+    "track_record": ("projects", "coordinated", "partners", "years_since"),
+    "worked_with_matches": ("linked_seeds",),
+}
+_SIGNAL_WORDS = {
+    "meaning": "close in meaning to the query",
+    "key_terms": "uses the query's specific terms",
+    "track_record": "a strong track record of projects",
+    "worked_with_matches": "has worked with other strong matches",
+    "type_fit": "a partner type the challenge prefers",
+}
+
+
+def signals(contributions: dict[str, float], type_bonus: float = 0.0) -> dict[str, float]:
+    """Each signal group's share of the ranking score (log-odds against an average candidate), largest first."""
+    groups = {
+        name: sum(contributions.get(f, 0.0) for f in features)
+        for name, features in SIGNAL_GROUPS.items()
+        if any(f in contributions for f in features)
+    }
+    if type_bonus:
+        groups["type_fit"] = type_bonus
+    return {k: round(v, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
+
+
+def related_projects(query: np.ndarray, query_terms: dict[str, str], projects: list[dict], sentences: list[str],
+                     vectors: np.ndarray, limit: int = 3) -> list[dict]:
+    """The match's past projects closest to the query: by the embedding of the profile sentence naming the
+    project when there is one, else by the key terms the title shares with the query."""
+    sims = vectors @ query if len(sentences) else np.zeros(0)
+    scored = []
+    for project in projects:
+        title = project.get("title") or ""
+        lowered = title.lower()
+        similarity = max((float(sims[i]) for i, s in enumerate(sentences) if lowered and lowered in s.lower()), default=None)
+        shared = [w for t, w in key_terms(title).items() if t in query_terms]
+        if similarity is None and not shared:
+            continue
+        scored.append((similarity if similarity is not None else 0.0, len(shared), project))
+    scored.sort(key=lambda x: (-x[0], -x[1]))
+    out, seen = [], set()
+    for similarity, _, project in scored:
+        if project["title"].lower() in seen:
+            continue
+        seen.add(project["title"].lower())
+        out.append({"title": project["title"], "year": project.get("year"), "role": project.get("role"),
+                    "similarity": round(similarity, 4) if similarity else None})
+        if len(out) == limit:
+            break
+    return out
+
+
 def score_words(score: float) -> str:
     """The score in words; the same bands the README documents."""
-    if score >= 0.70:
-        return "very close match"
-    if score >= 0.55:
-        return "close match"
-    if score >= 0.40:
-        return "related"
-    return "loosely related"
+    if score >= 0.50:
+        return "very strong match"
+    if score >= 0.25:
+        return "strong match"
+    if score >= 0.10:
+        return "good match"
+    if score >= 0.03:
+        return "possible match"
+    return "weak match"
 
 
-def summary(score: float, *, shared: list[str], sectors: list[str], offers: list[str], type_fit: str | None) -> str:
+def summary(score: float, *, signals: dict[str, float], shared: list[str], sectors: list[str], offers: list[str],
+            type_fit: str | None, projects: list[dict], worked_with: list[str]) -> str:
+    """One line: the score in words, then the reasons that ranked it, strongest first."""
     parts = [f"{score_words(score).capitalize()} ({score:.2f})"]
+    for name, weight in signals.items():
+        if weight <= 0:
+            continue
+        if name == "meaning" and projects:
+            parts.append(f"close in meaning to the query, e.g. past project '{projects[0]['title']}'")
+        elif name == "key_terms" and shared:
+            parts.append("both mention " + ", ".join(shared[:5]))
+        elif name == "worked_with_matches" and worked_with:
+            parts.append("has worked with " + ", ".join(worked_with[:2]))
+        elif name == "type_fit" and type_fit:
+            parts.append(type_fit)
+        elif name in _SIGNAL_WORDS:
+            parts.append(_SIGNAL_WORDS[name])
     if offers:
         parts.append("offers " + ", ".join(f"'{o}'" for o in offers[:3]) + " that the query needs")
     if sectors:
         parts.append("shares the sector" + ("s " if len(sectors) > 1 else " ") + ", ".join(sectors))
-    if shared:
+    if len(parts) == 1 and shared:
         parts.append("both mention " + ", ".join(shared[:5]))
-    if type_fit:
-        parts.append(type_fit)
     return parts[0] + (": " + "; ".join(parts[1:]) if len(parts) > 1 else "") + "."

@@ -33,6 +33,7 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024  # MATCHER_MAX_BODY_BYTES: larger request bodies get 413
     snapshot_every: int = 500  # MATCHER_SNAPSHOT_EVERY: a worker rewrites the index snapshot after this many changes
     log_level: str = "info"  # MATCHER_LOG_LEVEL
+    ranker: str = ""  # MATCHER_RANKER: a ranker artefact (JSON); "" = the one shipped in matcher/ranker_model/
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -52,6 +53,7 @@ class Settings:
             max_body_bytes=int(_env("MATCHER_MAX_BODY_BYTES", str(16 * 1024 * 1024))),
             snapshot_every=int(_env("MATCHER_SNAPSHOT_EVERY", "500")),
             log_level=_env("MATCHER_LOG_LEVEL", "info").lower(),
+            ranker=_env("MATCHER_RANKER", ""),
         )
         if "data_dir" in overrides:
             overrides["data_dir"] = Path(overrides["data_dir"]).expanduser().resolve()

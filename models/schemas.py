@@ -135,6 +135,8 @@ class OrganisationIn(_Strict, _Timestamps):
     contact_email: Email | None = None
     email_opt_in: bool = False
     past_projects: Annotated[list[PastProject], Field(max_length=MAX_PAST_PROJECTS)] = []
+    # How many projects the organisation has done in all, when ``past_projects`` lists only some of them.
+    n_past_projects: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     partnership_forms: Annotated[list[PartnershipForm], Field(max_length=len(PartnershipForm))] = []
     tags: PhraseList = []
 

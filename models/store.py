@@ -65,6 +65,7 @@ class StoredVector:
     vector: bytes | None
     model: str | None
     text_hash: str | None
+    data: dict | None = None  # the document itself
 
 
 def utcnow() -> dt.datetime:
@@ -254,6 +255,7 @@ class Store:
                     bytes(row.embedding) if row.embedding is not None else None,
                     row.embedding_model,
                     row.text_hash,
+                    row.data,
                 )
 
     def changes_since(self, seq: int) -> list[Change]:

@@ -1,0 +1,311 @@
+"""Match quality on real consortia (``python -m matcher evaluate``).
+
+The pool (organisation profiles) is imported into a store of its own under ``<data dir>/eval/<pool name>``
+and indexed exactly as the service indexes it; query embeddings are cached by text hash beside it, so a
+rerun embeds nothing. Each query (a call topic: title and description) is ranked by the product, through
+``Engine.match`` as ``POST /v1/match`` ranks it, and, in the same run, by the baselines: popularity,
+TF-IDF, BM25, dense flat inner product and the reciprocal rank fusion of BM25 and dense. Relevant
+organisations are those of the funded consortia (``relevant``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import hashlib
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from matcher.index import Filter
+from matcher.lexical import LexicalIndex
+from matcher.settings import Settings
+from matcher.text import entity_text, text_hash
+from models.enums import EntityKind
+from models.schemas import MatchRequest
+
+ORGS = EntityKind.organisations
+CUTOFF = 100  # ranks kept per query and ranker
+SMALL_ACTORS = ("sme", "startup")
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+def ndcg_at(hits: list, n_relevant: int, k: int) -> float:
+    dcg = sum(1.0 / math.log2(i + 2) for i, h in enumerate(hits[:k]) if h)
+    ideal = sum(1.0 / math.log2(i + 2) for i in range(min(k, n_relevant)))
+    return dcg / ideal if ideal else 0.0
+
+
+def metrics(ranked_ids: list[str], relevant: set[str]) -> dict[str, float]:
+    hits = [i in relevant for i in ranked_ids]
+    n = len(relevant)
+    first = next((i for i, h in enumerate(hits) if h), None)
+    return {
+        "nDCG@10": ndcg_at(hits, n, 10),
+        "R@10": sum(hits[:10]) / n,
+        "R@50": sum(hits[:50]) / n,
+        "MRR": 1.0 / (first + 1) if first is not None else 0.0,
+    }
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def read_jsonl(path: Path) -> list[dict]:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def query_text(query: dict) -> str:
+    return f"{query['title'].strip().rstrip('.')}.\n{query['description'].strip()}"
+
+
+def sample_pool(pool: list[dict], queries: list[dict], size: int, seed: int = 7) -> list[dict]:
+    """The queries' relevant organisations plus others drawn at random, ``size`` in all (for quick runs)."""
+    wanted = {r for q in queries for r in q["relevant"]}
+    keep = [p for p in pool if p["id"] in wanted]
+    others = [p for p in pool if p["id"] not in wanted]
+    random.Random(seed).shuffle(others)
+    return keep + others[: max(0, size - len(keep))]
+
+
+def open_pool_engine(pool_path: Path, pool: list[dict] | None = None, settings: Settings | None = None,
+                     progress: bool = True):
+    """An engine over a store holding exactly the pool; imported (and embedded) only when the pool changed."""
+    from matcher.engine import Engine
+    from matcher.records import import_file
+
+    settings = settings or Settings.from_env()
+    pool = pool if pool is not None else read_jsonl(pool_path)
+    digest = hashlib.sha256("\n".join(json.dumps(p, sort_keys=True) for p in pool).encode()).hexdigest()
+    name = Path(pool_path).name.split(".")[0]
+    data_dir = settings.data_dir / "eval" / (name if len(pool) == _count_lines(pool_path) else f"{name}-{digest[:10]}")
+    eval_settings = dataclasses.replace(settings, data_dir=data_dir, db_url=f"sqlite:///{data_dir / 'matcher.db'}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    engine = Engine(eval_settings).open()
+    marker = data_dir / "pool.sha256"
+    if not marker.exists() or marker.read_text().strip() != digest:
+        stored = set(engine.store.existing_ids(ORGS, [p["id"] for p in pool]))
+        ids = {p["id"] for p in pool}
+        extra = [row.id for row in engine.store.vectors(ORGS) if row.id not in ids]
+        for entity_id in extra:
+            engine.store.delete(ORGS, entity_id)
+        tmp = data_dir / "pool.import.jsonl"
+        tmp.write_text("".join(json.dumps(p) + "\n" for p in pool))
+        print(f"importing {len(pool)} organisations ({len(stored)} stored already; unchanged texts keep their embeddings)",
+              file=sys.stderr)
+        report = import_file(engine, ORGS, tmp, progress=progress)
+        tmp.unlink()
+        if report.errors:
+            raise ValueError(f"the pool has invalid records, e.g. {report.errors[0]}")
+        marker.write_text(digest + "\n")
+    engine.load_indexes()
+    return engine
+
+
+def _count_lines(path: Path) -> int:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def query_vectors(engine, texts: list[str], progress: bool = True) -> dict[str, np.ndarray]:
+    """Embeddings of the query texts, cached by text hash beside the pool's store."""
+    path = engine.settings.data_dir / f"queries.{hashlib.sha256(engine.encoder.name.encode()).hexdigest()[:10]}.npz"
+    cache: dict[str, np.ndarray] = {}
+    if path.exists():
+        with np.load(path) as npz:
+            cache = {k: npz[k] for k in npz.files}
+    todo = [t for t in dict.fromkeys(texts) if text_hash(t) not in cache]
+    if todo:
+        print(f"embedding {len(todo)} queries", file=sys.stderr)
+        with engine.encoder.threads(engine.settings.bulk_torch_threads):
+            for text, vector in zip(todo, engine.encoder.encode(todo)):
+                cache[text_hash(text)] = vector
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **cache)
+        tmp.replace(path)
+    return {t: cache[text_hash(t)] for t in texts}
+
+
+# --- rankers ------------------------------------------------------------------------------------
+
+class Baselines:
+    """The standard rankers, over the same stored profiles and query embeddings as the product."""
+
+    def __init__(self, engine):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.engine = engine
+        index = engine.indexes[ORGS]
+        self.index = index
+        docs = engine.store.get_by_nums(ORGS, list(index.meta))
+        self.nums = np.array(sorted(docs), np.int64)
+        self.ids = [docs[n]["id"] for n in self.nums]
+        texts = [entity_text(ORGS, docs[n]) for n in self.nums]
+        self.popularity = np.array([max(len(docs[n].get("past_projects") or []), docs[n].get("n_past_projects") or 0)
+                                    for n in self.nums], np.float64)
+        self.tfidf = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, stop_words="english")
+        self.tfidf_matrix = self.tfidf.fit_transform(texts)
+        self.bm25 = LexicalIndex()
+        self.bm25.upsert(self.nums.tolist(), texts)
+        self.types = np.array([docs[n]["type"] for n in self.nums])
+
+    def _top(self, scores: np.ndarray, allowed: np.ndarray | None) -> list[str]:
+        scores = np.where(allowed, scores, -np.inf) if allowed is not None else scores
+        order = np.lexsort((self.nums, -scores))[:CUTOFF]
+        return [self.ids[i] for i in order if np.isfinite(scores[i])]
+
+    def rank(self, name: str, text: str, vector: np.ndarray, types: tuple[str, ...] = ()) -> list[str]:
+        allowed = np.isin(self.types, types) if types else None
+        if name == "popularity":
+            return self._top(self.popularity, allowed)
+        if name == "tfidf":
+            return self._top((self.tfidf_matrix @ self.tfidf.transform([text]).T).toarray().ravel(), allowed)
+        if name == "bm25":
+            nums, scores = self.bm25.scores(text)
+            return self._top(scores[np.argsort(nums)], allowed)
+        dense = self.index.search(vector[None, :], CUTOFF, Filter(types=types))[0]
+        dense_ids = [self.index.meta[n]["id"] for n, _ in dense]
+        if name == "dense":
+            return dense_ids
+        if name == "hybrid_rrf":
+            lexical = self.rank("bm25", text, vector, types)
+            fused: dict[str, float] = {}
+            for ranking in (dense_ids, lexical):
+                for position, entity_id in enumerate(ranking):
+                    fused[entity_id] = fused.get(entity_id, 0.0) + 1.0 / (60 + position + 1)
+            return sorted(fused, key=lambda i: (-fused[i], i))[:CUTOFF]
+        raise ValueError(name)
+
+
+BASELINES = ("popularity", "tfidf", "bm25", "dense", "hybrid_rrf")
+LABELS = {
+    "popularity": "popularity (most past projects)",
+    "tfidf": "TF-IDF (scikit-learn, 1-2 grams)",
+    "bm25": "BM25",
+    "dense": "dense, flat inner product",
+    "hybrid_rrf": "hybrid: RRF of BM25 and dense",
+    "product": "**product: hybrid + learned ranker**",
+}
+
+
+def evaluate(engine, queries: list[dict], progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    texts = [query_text(q) for q in queries]
+    vectors = query_vectors(engine, texts, progress)
+    baselines = Baselines(engine)
+    stored = set(engine.indexes[ORGS].num_of)
+    type_of = dict(zip(baselines.ids, baselines.types))
+    per: dict[str, list[dict]] = {name: [] for name in (*BASELINES, "product")}
+    small: dict[str, list[dict]] = {"dense": [], "product": []}
+    top10: dict[str, set[str]] = {name: set() for name in per}
+    took: dict[str, list[float]] = {"product": [], "dense": []}
+    calibration: list[tuple[float, bool]] = []
+    skipped = 0
+    for query, text in tqdm(list(zip(queries, texts)), desc="ranking", disable=not progress):
+        relevant = set(query["relevant"]) & stored
+        if not relevant:
+            skipped += 1
+            continue
+        vector = vectors[text]
+        for name in BASELINES:
+            started = time.perf_counter()
+            ranked = baselines.rank(name, text, vector)
+            if name == "dense":
+                took["dense"].append((time.perf_counter() - started) * 1000)
+            per[name].append(metrics(ranked, relevant))
+            top10[name].update(ranked[:10])
+        started = time.perf_counter()
+        result = engine.match_many([MatchRequest.model_validate({"query": {"text": text}, "k": CUTOFF, "explain": False})],
+                                   text_vectors={text: vector})[0]
+        took["product"].append((time.perf_counter() - started) * 1000)
+        ranked = [m["id"] for m in result["matches"]]
+        per["product"].append(metrics(ranked, relevant))
+        top10["product"].update(ranked[:10])
+        calibration.extend((m["score"], m["id"] in relevant) for m in result["matches"][:50])
+        # Small actors only: the same query filtered to SMEs and startups.
+        small_relevant = {r for r in relevant if type_of[r] in SMALL_ACTORS}
+        if small_relevant:
+            small["dense"].append(metrics(baselines.rank("dense", text, vector, SMALL_ACTORS), small_relevant))
+            filtered = engine.match_many([MatchRequest.model_validate(
+                {"query": {"text": text}, "k": CUTOFF, "explain": False, "filters": {"types": list(SMALL_ACTORS)}})],
+                text_vectors={text: vector})[0]
+            small["product"].append(metrics([m["id"] for m in filtered["matches"]], small_relevant))
+
+    def means(rows: list[dict]) -> dict[str, float]:
+        return {key: round(float(np.mean([r[key] for r in rows])), 4) for key in rows[0]} if rows else {}
+
+    n_pool = len(stored)
+    return {
+        "queries": len(queries) - skipped,
+        "pool": n_pool,
+        "model": engine.encoder.name,
+        "ranker": engine.ranker.version,
+        "rankers": {name: {**means(rows), "coverage@10": round(len(top10[name]) / n_pool, 4)} for name, rows in per.items()},
+        "sme_startup_filtered": {name: {**means(rows), "queries": len(rows)} for name, rows in small.items()},
+        "latency_ms_p50": {name: round(float(np.median(v)), 2) for name, v in took.items() if v},
+        "calibration": _calibration(calibration),
+    }
+
+
+def _calibration(pairs: list[tuple[float, bool]]) -> list[dict]:
+    """Mean score against the share of relevant matches, by score band (top 50 per query)."""
+    bands = [(0.0, 0.03), (0.03, 0.10), (0.10, 0.25), (0.25, 0.50), (0.50, 1.01)]
+    out = []
+    for low, high in bands:
+        inside = [(s, r) for s, r in pairs if low <= s < high]
+        if inside:
+            out.append({"band": f"{low:.2f}-{min(high, 1.0):.2f}", "matches": len(inside),
+                        "mean_score": round(float(np.mean([s for s, _ in inside])), 4),
+                        "share_relevant": round(float(np.mean([r for _, r in inside])), 4)})
+    return out
+
+
+def table(result: dict) -> str:
+    lines = ["| ranker | nDCG@10 | R@10 | R@50 | MRR | coverage@10 |", "|---|---|---|---|---|---|"]
+    for name, row in result["rankers"].items():
+        lines.append(f"| {LABELS[name]} | {row['nDCG@10']:.3f} | {row['R@10']:.3f} | {row['R@50']:.3f} | {row['MRR']:.3f} | "
+                     f"{row['coverage@10']:.3f} |")
+    lines += ["", "Filtered to SMEs and startups (relevant SMEs only):", "",
+              "| ranker | queries | nDCG@10 | R@10 | R@50 | MRR |", "|---|---|---|---|---|---|"]
+    for name, row in result["sme_startup_filtered"].items():
+        if row.get("queries"):
+            lines.append(f"| {LABELS[name]} | {row['queries']} | {row['nDCG@10']:.3f} | {row['R@10']:.3f} | {row['R@50']:.3f} | {row['MRR']:.3f} |")
+    lines += ["", "Ranking time per query, embedding excluded (p50 ms): "
+              + ", ".join(f"{k} {v}" for k, v in result["latency_ms_p50"].items()),
+              "", "Calibration (top 50 per query): " + "; ".join(
+                  f"{c['band']}: mean score {c['mean_score']:.3f}, relevant {c['share_relevant']:.3f} (n={c['matches']})"
+                  for c in result["calibration"])]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m matcher evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pool", required=True, help="organisation profiles, JSONL (.gz)")
+    parser.add_argument("--queries", required=True, help="queries with `title`, `description` and `relevant` ids, JSONL (.gz)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N queries")
+    parser.add_argument("--pool-sample", type=int, default=None,
+                        help="a pool of N: the queries' relevant organisations plus random others (quick runs)")
+    parser.add_argument("--out", default=None, help="also write the figures as JSON here")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    queries = read_jsonl(Path(args.queries))[: args.limit]
+    pool = read_jsonl(Path(args.pool))
+    if args.pool_sample:
+        pool = sample_pool(pool, queries, args.pool_sample)
+    engine = open_pool_engine(Path(args.pool), pool, progress=not args.quiet)
+    result = evaluate(engine, queries, progress=not args.quiet)
+    print(f"{result['queries']} queries, pool of {result['pool']} organisations, model {result['model']}, "
+          f"ranker {result['ranker']}\n")
+    print(table(result))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0

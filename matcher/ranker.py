@@ -1,0 +1,109 @@
+"""The learned ranker: a logistic regression over ranking signals, shipped as a small JSON artefact.
+
+``score = sigmoid(intercept + sum(coef * standardised feature))``: the model's estimate, on its training
+data, that the organisation is one a funded consortium for that challenge would contain. It lies in [0, 1]
+and is monotone with the rank (matches are sorted by it). The artefact holds two models: ``full`` (text,
+track record and co-partnership signals) and ``text`` (text signals only), used when the candidates have
+no track record at all. How it was trained: ``matcher/ranker_model/MODEL_CARD.md``; the script is
+``matcher/training.py``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_PATH = Path(__file__).parent / "ranker_model" / "ranker.json"
+
+# Every signal the ranker can use, in column order. Per-query relative signals make long call texts and
+# short queries comparable.
+FEATURES = (
+    "dense",  # cosine of the query and profile embeddings
+    "dense_gap",  # dense minus the best dense among this query's candidates (<= 0)
+    "best_sentence",  # best cosine of the query with one sentence of the profile (e.g. a past project title)
+    "bm25",  # BM25 over the best BM25 among this query's candidates, in [0, 1]
+    "projects",  # log(1 + past projects)
+    "coordinated",  # log(1 + projects coordinated)
+    "partners",  # log(1 + distinct partners)
+    "years_since",  # years from the organisation's last project to the newest in the store, capped at 5
+    "linked_seeds",  # log(1 + how many of the query's strongest text matches it has worked with)
+)
+TEXT_FEATURES = FEATURES[:4]
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    features: tuple[str, ...]
+    coef: np.ndarray
+    intercept: float
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LinearModel":
+        features = tuple(data["features"])
+        unknown = set(features) - set(FEATURES)
+        if unknown:
+            raise ValueError(f"ranker model uses unknown features: {sorted(unknown)}")
+        arrays = [np.asarray(data[key], np.float64) for key in ("coef", "mean", "scale")]
+        if any(a.shape != (len(features),) for a in arrays):
+            raise ValueError("ranker model: coef, mean and scale must have one value per feature")
+        return cls(features, arrays[0], float(data["intercept"]), arrays[1], arrays[2])
+
+    def to_json(self) -> dict:
+        return {
+            "features": list(self.features),
+            "coef": [round(float(c), 6) for c in self.coef],
+            "intercept": round(self.intercept, 6),
+            "mean": [round(float(m), 6) for m in self.mean],
+            "scale": [round(float(s), 6) for s in self.scale],
+        }
+
+    def columns(self) -> list[int]:
+        return [FEATURES.index(f) for f in self.features]
+
+    def contributions(self, X: np.ndarray) -> np.ndarray:
+        """Each feature's additive share of the logit, per row (X has all FEATURES as columns)."""
+        return (X[:, self.columns()] - self.mean) / self.scale * self.coef
+
+    def logits(self, X: np.ndarray) -> np.ndarray:
+        return self.intercept + self.contributions(X).sum(axis=1)
+
+
+@dataclass(frozen=True)
+class Ranker:
+    version: str
+    full: LinearModel
+    text: LinearModel
+    preferred_type_bonus: float  # added to the logit when the challenge prefers the organisation's type
+    depth: int  # candidates taken from each retriever
+    seeds: int  # strongest text matches whose partners become candidates too
+
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_PATH) -> "Ranker":
+        data = json.loads(Path(path).read_text())
+        return cls(
+            version=data["version"],
+            full=LinearModel.from_json(data["models"]["full"]),
+            text=LinearModel.from_json(data["models"]["text"]),
+            preferred_type_bonus=float(data.get("preferred_type_bonus", 0.0)),
+            depth=int(data.get("depth", 200)),
+            seeds=int(data.get("seeds", 20)),
+        )
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -40, 40)))
+
+
+def relative(values: np.ndarray) -> np.ndarray:
+    """Values over the largest one (all zero when none is positive)."""
+    top = float(values.max()) if len(values) else 0.0
+    return values / top if top > 0 else np.zeros_like(values)
+
+
+def log1p(x: float) -> float:
+    return math.log1p(max(x, 0.0))

@@ -1,0 +1,219 @@
+"""Train the ranker (``python -m matcher train-ranker``) on data that cannot leak into the evaluation.
+
+Training queries are Horizon Europe call topics of 2021-2022 (the evaluation's queries are 2023-2024 topics).
+Each topic is ranked against the pool with that topic taken out of every profile (leave-one-topic-out):
+its projects leave the participants' descriptions, past projects and counts, and their embeddings are
+recomputed, so a participant is found only through what it did on *other* projects, as a future
+consortium member would be. The candidates and their signals come from ``matcher.hybrid.gather``, the
+function the service ranks with. The labels: whether a candidate took part in the topic's projects.
+Two logistic regressions are fitted (all signals; text signals only) and written as one JSON artefact.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import hashlib
+import json
+import random
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from matcher.evaluation import ndcg_at, open_pool_engine
+from matcher.hybrid import Corpus, gather
+from matcher.index import Filter
+from matcher.ranker import FEATURES, TEXT_FEATURES, DEFAULT_PATH, LinearModel
+from matcher.text import entity_text
+from models.enums import EntityKind
+
+ORGS = EntityKind.organisations
+TRAIN_YEARS = (2021, 2022)
+ROLES = ("coordinator", "participant")
+
+
+def _read(path: Path):
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            yield json.loads(line)
+
+
+def training_topics(cordis: Path, stored_ids: set[str]) -> list[dict]:
+    """2021-2022 call topics with their project titles and the stored organisations that took part."""
+    texts = {t["topic_code"]: t for t in _read(cordis / "call_topics.jsonl.gz")}
+    topics: dict[str, dict] = {}
+    for project in _read(cordis / "projects.jsonl.gz"):
+        if project.get("call_year") not in TRAIN_YEARS or not project.get("topics"):
+            continue
+        members = {p["org_id"] for p in project["participants"] if p["role"] in ROLES} & stored_ids
+        if not members:
+            continue
+        code, title = project["topics"][0]["code"], project["topics"][0]["title"]
+        topic = topics.setdefault(code, {"code": code, "title": title, "year": project["call_year"],
+                                         "titles": {title}, "members": set()})
+        if project.get("title"):
+            topic["titles"].add(project["title"])
+        topic["members"] |= members
+    out = []
+    for topic in topics.values():
+        call = texts.get(topic["code"])
+        topic["text"] = topic["title"] + ".\n" + call["description"] if call and call.get("description") else topic["title"]
+        topic["has_call_text"] = bool(call and call.get("description"))
+        if len(topic["members"]) >= 3:
+            out.append(topic)
+    return sorted(out, key=lambda t: t["code"])
+
+
+def _drop_items(description: str, label: str, titles: set[str]) -> str:
+    """Remove the given items from a "Label: a; b; c." list of a pool description."""
+    start = description.find(label)
+    if start < 0:
+        return description
+    body_start = start + len(label)
+    ends = [description.find(marker, body_start) for marker in (". Worked on: ", ". Fields: ", ". Objectives: ")]
+    ends = [e for e in ends if e >= 0]
+    end = min(ends) if ends else len(description.rstrip(".")) if description.endswith(".") else len(description)
+    items = [i for i in description[body_start:end].split("; ") if i.strip().rstrip(".") not in titles]
+    if not items:
+        tail = description[end:].lstrip(". ")
+        return (description[:start] + tail).strip()
+    return description[:body_start] + "; ".join(items) + description[end:]
+
+
+def without_topic(doc: dict, topic: dict) -> dict:
+    """The profile as it would be had the organisation never worked on this topic."""
+    titles = topic["titles"]
+    kept = [p for p in doc.get("past_projects") or [] if not (p["title"] in titles and p.get("year") == topic["year"])]
+    removed = len(doc.get("past_projects") or []) - len(kept)
+    description = doc["description"]
+    for label in ("Projects: ", "Worked on: "):
+        description = _drop_items(description, label, titles)
+    out = {**doc, "past_projects": kept, "description": description or doc["name"]}
+    if doc.get("n_past_projects") is not None:
+        out["n_past_projects"] = max(0, doc["n_past_projects"] - removed)
+    return out
+
+
+def collect(engine, topics: list[dict], depth: int, seeds: int, progress: bool = True):
+    """Candidates, signals and labels for every training topic, in the leave-one-topic-out world."""
+    index, lexical = engine.indexes[ORGS], engine.lexical[ORGS]
+    base = engine.corpus(ORGS)
+    overrides: dict[int, np.ndarray] = {}
+    corpus = Corpus(index, lexical, engine.records,
+                    lambda nums: {**base.sentence_vectors([n for n in nums if n not in overrides]),
+                                  **{n: overrides[n] for n in nums if n in overrides}})
+    queries = engine.encoder.encode([t["text"] for t in topics])
+    rows, labels, groups = [], [], []
+    from tqdm import tqdm
+
+    for qid, (topic, qvec) in enumerate(tqdm(list(zip(topics, queries)), desc="training topics", disable=not progress)):
+        nums = [index.num_of[m] for m in sorted(topic["members"]) if m in index.num_of]
+        originals = engine.store.get_by_nums(ORGS, nums)
+        originals = {n: {k: v for k, v in d.items() if k not in ("created_at", "updated_at")} for n, d in originals.items()}
+        changed = {n: without_topic(d, topic) for n, d in originals.items()}
+        texts = [entity_text(ORGS, changed[n]) for n in nums]
+        vectors, sentences = engine.encoder.encode_with_sentences(texts)
+        old_vectors = {n: index.vector(n) for n in nums}
+        _apply(engine, nums, vectors, [changed[n] for n in nums])
+        for n, pairs in zip(nums, sentences):
+            described = [v for s, v in pairs if s in changed[n]["description"]]
+            overrides[n] = np.vstack(described) if described else np.zeros((0, engine.encoder.dim), np.float32)
+        try:
+            found = gather(corpus, qvec, topic["text"], Filter(), depth, seeds)
+        finally:
+            _apply(engine, nums, np.vstack([old_vectors[n] for n in nums]), [originals[n] for n in nums])
+            overrides.clear()
+        members = set(nums)
+        rows.append(found.X)
+        labels.append(np.array([n in members for n in found.nums]))
+        groups.append(np.full(len(found.nums), qid))
+    return np.vstack(rows), np.concatenate(labels), np.concatenate(groups)
+
+
+def _apply(engine, nums, vectors, docs) -> None:
+    index = engine.indexes[ORGS]
+    index.upsert(nums, vectors, [dict(index.meta[n]) for n in nums])
+    engine._add_text(ORGS, nums, docs)
+
+
+def fit(X: np.ndarray, y: np.ndarray, features: tuple[str, ...], c: float) -> LinearModel:
+    from sklearn.linear_model import LogisticRegression
+
+    cols = [FEATURES.index(f) for f in features]
+    Z = X[:, cols]
+    mean, scale = Z.mean(axis=0), Z.std(axis=0)
+    scale[scale == 0] = 1.0
+    model = LogisticRegression(C=c, max_iter=2000).fit((Z - mean) / scale, y)
+    return LinearModel(tuple(features), model.coef_[0], float(model.intercept_[0]), mean, scale)
+
+
+def mean_ndcg(logits: np.ndarray, y: np.ndarray, groups: np.ndarray, k: int = 10) -> float:
+    values = []
+    for g in np.unique(groups):
+        mask = groups == g
+        order = np.argsort(-logits[mask], kind="stable")
+        values.append(ndcg_at(y[mask][order].tolist(), int(y[mask].sum()), k))
+    return float(np.mean(values))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m matcher train-ranker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cordis", default="../shared/data/cordis", help="folder with projects.jsonl.gz and call_topics.jsonl.gz")
+    parser.add_argument("--pool", default=None, help="pool file (default: <cordis>/bench/pool.jsonl.gz)")
+    parser.add_argument("--topics", type=int, default=400, help="training topics to sample (all with a call text are kept)")
+    parser.add_argument("--depth", type=int, default=200, help="candidates per retriever")
+    parser.add_argument("--seeds", type=int, default=20, help="strongest text matches whose partners join the candidates")
+    parser.add_argument("--C", type=float, default=1.0, help="inverse regularisation strength")
+    parser.add_argument("--preferred-type-bonus", type=float, default=0.7)
+    parser.add_argument("--out", default=str(DEFAULT_PATH))
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    cordis = Path(args.cordis)
+    pool = Path(args.pool) if args.pool else cordis / "bench" / "pool.jsonl.gz"
+    engine = open_pool_engine(pool, progress=not args.quiet)
+    stored = set(engine.indexes[ORGS].num_of)
+    topics = training_topics(cordis, stored)
+    dev_codes = {q["id"] for q in _read(cordis / "bench" / "dev_queries.jsonl.gz")} if (cordis / "bench" / "dev_queries.jsonl.gz").exists() else set()
+    assert not dev_codes & {t["code"] for t in topics}, "a training topic is an evaluation query"
+    with_text = [t for t in topics if t["has_call_text"]]
+    others = [t for t in topics if not t["has_call_text"]]
+    random.Random(args.seed).shuffle(others)
+    chosen = with_text + others[: max(0, args.topics - len(with_text))]
+    print(f"{len(topics)} topics of {TRAIN_YEARS} with 3+ stored participants; training on {len(chosen)} "
+          f"({len(with_text)} with a call text)", file=sys.stderr)
+    X, y, groups = collect(engine, chosen, args.depth, args.seeds, progress=not args.quiet)
+    full = fit(X, y, FEATURES, args.C)
+    text = fit(X, y, TEXT_FEATURES, args.C)
+    report = {
+        "topics": len(chosen),
+        "topics_with_call_text": len(with_text),
+        "candidates": int(len(y)),
+        "positives": int(y.sum()),
+        "members_found_in_candidates": round(float(y.sum()) / sum(len(t["members"]) for t in chosen), 4),
+        "train_ndcg@10": {
+            "full": round(mean_ndcg(full.logits(X), y, groups), 4),
+            "text": round(mean_ndcg(text.logits(X), y, groups), 4),
+            "bm25_only": round(mean_ndcg(X[:, FEATURES.index("bm25")], y, groups), 4),
+            "dense_only": round(mean_ndcg(X[:, FEATURES.index("dense")], y, groups), 4),
+        },
+    }
+    payload = {
+        "version": "ranker-" + dt.date.today().isoformat() + "-" + hashlib.sha256(
+            json.dumps([full.to_json(), text.to_json()]).encode()).hexdigest()[:8],
+        "trained_on": f"Horizon Europe call topics {TRAIN_YEARS[0]}-{TRAIN_YEARS[-1]}, leave-one-topic-out against {pool.name}",
+        "models": {"full": full.to_json(), "text": text.to_json()},
+        "preferred_type_bonus": args.preferred_type_bonus,
+        "depth": args.depth,
+        "seeds": args.seeds,
+        "training": report,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    for name, model in (("full", full), ("text", text)):
+        print(f"{name}: " + ", ".join(f"{f}={c:+.3f}" for f, c in zip(model.features, model.coef)) + f", intercept={model.intercept:+.3f}")
+    print(f"wrote {args.out} ({payload['version']})")
+    return 0
