@@ -46,11 +46,18 @@ def record_of(doc: dict) -> Record:
 
 
 class TrackRecords:
-    """Per-row track records and the co-partnership graph between stored organisations."""
+    """Per-row track records and the co-partnership graph between stored organisations.
+
+    Each row's partners are resolved to row numbers when it is stored; a row naming an organisation that is
+    stored later is resolved again then. The graph is assembled lazily from those arrays (vectorised, so a
+    change costs milliseconds, not a pass over every partner list in Python)."""
 
     def __init__(self):
         self._records: dict[int, Record] = {}
         self._num_of: dict[str, int] = {}
+        self._id_of: dict[int, str] = {}
+        self._resolved: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # num -> (partner nums, shared projects)
+        self._referenced_by: dict[str, set[int]] = {}  # partner id -> rows that name it
         self._lock = threading.Lock()
         self._graph: sp.csr_matrix | None = None
         self._linked: sp.csr_matrix | None = None  # 1 where two organisations share a project
@@ -61,18 +68,45 @@ class TrackRecords:
     def __len__(self) -> int:
         return len(self._records)
 
+    def _resolve(self, num: int) -> None:
+        record = self._records[num]
+        pairs = [(self._num_of[p], c) for p, c in zip(record.partners, record.partner_counts) if p in self._num_of]
+        self._resolved[num] = (np.array([p for p, _ in pairs], np.int64), np.array([c for _, c in pairs], np.float32))
+
     def upsert(self, nums: list[int], docs: list[dict]) -> None:
         with self._lock:
+            again: set[int] = set()
             for num, doc in zip(nums, docs):
-                self._records[int(num)] = record_of(doc)
-                self._num_of[doc["id"]] = int(num)
+                num = int(num)
+                old = self._records.get(num)
+                if old is not None:
+                    for pid in old.partners:
+                        self._referenced_by.get(pid, set()).discard(num)
+                record = record_of(doc)
+                self._records[num] = record
+                self._num_of[doc["id"]] = num
+                self._id_of[num] = doc["id"]
+                for pid in record.partners:
+                    self._referenced_by.setdefault(pid, set()).add(num)
+                again.add(num)
+                again.update(self._referenced_by.get(doc["id"], ()))  # rows that named it before it was stored
+            for num in again:
+                if num in self._records:
+                    self._resolve(num)
             self._graph = None
 
     def remove(self, nums: list[int]) -> None:
         with self._lock:
             for num in nums:
-                self._records.pop(int(num), None)
-            self._num_of = {i: n for i, n in self._num_of.items() if n in self._records}
+                num = int(num)
+                record = self._records.pop(num, None)
+                self._resolved.pop(num, None)
+                if record is not None:
+                    for pid in record.partners:
+                        self._referenced_by.get(pid, set()).discard(num)
+                entity_id = self._id_of.pop(num, None)
+                if entity_id is not None and self._num_of.get(entity_id) == num:
+                    del self._num_of[entity_id]
             self._graph = None
 
     def get(self, num: int) -> Record | None:
@@ -86,18 +120,18 @@ class TrackRecords:
         with self._lock:
             if self._graph is not None:
                 return self._graph, self._order
-            nums = np.fromiter(self._records, np.int64, len(self._records))
-            order = {int(n): i for i, n in enumerate(nums)}
-            rows, cols, vals = [], [], []
-            for num, record in self._records.items():
-                for pid, count in zip(record.partners, record.partner_counts):
-                    other = self._num_of.get(pid)
-                    if other is not None and other != num:
-                        rows.append(order[num])
-                        cols.append(order[other])
-                        vals.append(count)
+            nums = np.array(sorted(self._records), np.int64)
             n = len(nums)
-            graph = sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(n, n))
+            order = {int(num): i for i, num in enumerate(nums)}
+            parts = [self._resolved[int(num)] for num in nums]
+            lengths = np.fromiter((len(p) for p, _ in parts), np.int64, n)
+            rows = np.repeat(np.arange(n), lengths)
+            cols = np.concatenate([p for p, _ in parts]) if n else np.zeros(0, np.int64)
+            vals = np.concatenate([c for _, c in parts]) if n else np.zeros(0, np.float32)
+            position = np.searchsorted(nums, cols)
+            alive = (position < n) & (nums[np.minimum(position, max(n - 1, 0))] == cols) if n else np.zeros(0, bool)
+            keep = alive & (position != rows)
+            graph = sp.csr_matrix((vals[keep], (rows[keep], position[keep])), shape=(n, n))
             graph = graph.maximum(graph.T).tocsr()  # a project listed by one side only still links both
             years = [r.last_year for r in self._records.values() if r.last_year]
             self.newest_year = max(years) if years else None

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from matcher.encoder import matrix_from_bytes
 from matcher.evaluation import ndcg_at, open_pool_engine
 from matcher.hybrid import Corpus, gather
 from matcher.index import Filter
@@ -32,6 +33,9 @@ from models.enums import EntityKind
 ORGS = EntityKind.organisations
 TRAIN_YEARS = (2021, 2022)
 ROLES = ("coordinator", "participant")
+MIN_CONSORTIUM = 3  # partners in a project, as in the evaluation's consortia
+MAX_MEMBERS = 80
+REEMBED_CHARS = 1500  # profiles up to this long are embedded again without the topic  # stored participants of one topic; larger ones are umbrella calls (e.g. COFUND, networks)
 
 
 def _read(path: Path):
@@ -41,13 +45,16 @@ def _read(path: Path):
 
 
 def training_topics(cordis: Path, stored_ids: set[str]) -> list[dict]:
-    """2021-2022 call topics with their project titles and the stored organisations that took part."""
+    """2021-2022 call topics with their consortium projects' titles and the stored organisations that took part."""
     texts = {t["topic_code"]: t for t in _read(cordis / "call_topics.jsonl.gz")}
     topics: dict[str, dict] = {}
     for project in _read(cordis / "projects.jsonl.gz"):
         if project.get("call_year") not in TRAIN_YEARS or not project.get("topics"):
             continue
-        members = {p["org_id"] for p in project["participants"] if p["role"] in ROLES} & stored_ids
+        members = {p["org_id"] for p in project["participants"] if p["role"] in ROLES}
+        if len(members) < MIN_CONSORTIUM:  # single-beneficiary grants (ERC, fellowships) are not consortia
+            continue
+        members &= stored_ids
         if not members:
             continue
         code, title = project["topics"][0]["code"], project["topics"][0]["title"]
@@ -61,7 +68,7 @@ def training_topics(cordis: Path, stored_ids: set[str]) -> list[dict]:
         call = texts.get(topic["code"])
         topic["text"] = topic["title"] + ".\n" + call["description"] if call and call.get("description") else topic["title"]
         topic["has_call_text"] = bool(call and call.get("description"))
-        if len(topic["members"]) >= 3:
+        if MIN_CONSORTIUM <= len(topic["members"]) <= MAX_MEMBERS:
             out.append(topic)
     return sorted(out, key=lambda t: t["code"])
 
@@ -113,13 +120,23 @@ def collect(engine, topics: list[dict], depth: int, seeds: int, progress: bool =
         originals = engine.store.get_by_nums(ORGS, nums)
         originals = {n: {k: v for k, v in d.items() if k not in ("created_at", "updated_at")} for n, d in originals.items()}
         changed = {n: without_topic(d, topic) for n, d in originals.items()}
-        texts = [entity_text(ORGS, changed[n]) for n in nums]
-        vectors, sentences = engine.encoder.encode_with_sentences(texts)
-        old_vectors = {n: index.vector(n) for n in nums}
-        _apply(engine, nums, vectors, [changed[n] for n in nums])
-        for n, pairs in zip(nums, sentences):
-            described = [v for s, v in pairs if s in changed[n]["description"]]
-            overrides[n] = np.vstack(described) if described else np.zeros((0, engine.encoder.dim), np.float32)
+        # Short profiles are embedded again without the topic. A long profile (many projects) keeps its vector,
+        # which one topic barely moves, and loses the sentences that name the topic's projects.
+        short = [n for n in nums if len(changed[n]["description"]) <= REEMBED_CHARS]
+        vectors = {n: index.vector(n) for n in nums}
+        old_vectors = dict(vectors)
+        if short:
+            fresh, sentences = engine.encoder.encode_with_sentences([entity_text(ORGS, changed[n]) for n in short])
+            for n, vector, pairs in zip(short, fresh, sentences):
+                vectors[n] = vector
+                described = [v for s, v in pairs if s in changed[n]["description"]]
+                overrides[n] = np.vstack(described) if described else np.zeros((0, engine.encoder.dim), np.float32)
+        stored = engine.store.sentence_vectors(ORGS, [n for n in nums if n not in overrides])
+        for n, (sentences, blob, _) in stored.items():
+            matrix = matrix_from_bytes(blob, engine.encoder.dim)
+            keep = [i for i, s in enumerate(sentences) if not any(t in s for t in topic["titles"])]
+            overrides[n] = matrix[keep]
+        _apply(engine, nums, np.vstack([vectors[n] for n in nums]), [changed[n] for n in nums])
         try:
             found = gather(corpus, qvec, topic["text"], Filter(), depth, seeds)
         finally:
