@@ -6,6 +6,7 @@
     python -m matcher match --text "..." -k 10  ranked, explained matches
     python -m matcher reindex [--force]         embed what is missing or stale, rewrite index snapshots
     python -m matcher status                    what the store and indexes hold
+    python -m matcher digest [--since 7d] [--dry-run DIR] [--only ID]   e-mail digests of new matches
 
 Settings come from the MATCHER_* environment variables (see the README).
 """
@@ -125,6 +126,25 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_digest(args) -> int:
+    from matcher import digest
+
+    try:
+        since = digest.parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"error: --since: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("matcher.digest").setLevel(logging.INFO)  # one line per organisation, by id
+    engine = _engine()
+    try:
+        report = digest.run(engine, since=since, dry_run=args.dry_run, only=args.only)
+    except (LookupError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m matcher", description="Partner matching for innovation ecosystems.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -160,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="settings, store and index state as JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("digest", help="e-mail each opted-in organisation its new matches (MATCHER_SMTP_* settings)")
+    p.add_argument("--since", help="only matches stored or changed in this period, e.g. 7d, 36h (default: since "
+                                   "each organisation's last digest, everything for a first one)")
+    p.add_argument("--dry-run", metavar="DIR", help="write one .eml file per digest to DIR; send and record nothing")
+    p.add_argument("--only", metavar="ID", help="only this organisation")
+    p.set_defaults(func=cmd_digest)
     return parser
 
 

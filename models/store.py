@@ -374,10 +374,11 @@ class Store:
         return doc if doc is not None and doc.get("contact_email") else None
 
     def digest_recipient_ids(self) -> list[str]:
-        """Ids of the organisations that opted in to e-mail (in id order)."""
+        """Ids of the organisations that opted in to e-mail and have a contact address (in id order)."""
         with self.engine.connect() as conn:
-            return list(conn.execute(select(organisations.c.id).where(organisations.c.email_opt_in.is_(True))
-                                     .order_by(organisations.c.id)).scalars())
+            return list(conn.execute(select(organisations.c.id).where(
+                organisations.c.email_opt_in.is_(True), organisations.c.data["contact_email"].as_string().is_not(None))
+                .order_by(organisations.c.id)).scalars())
 
     def digest_history(self, organisation_id: str) -> tuple[set[tuple[str, str]], dt.datetime | None]:
         """What was mailed (or is pending) to an organisation as {(kind, id)}, and when its last digest was sent."""
