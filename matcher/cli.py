@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("digest", help="e-mail each opted-in organisation its new matches (MATCHER_SMTP_* settings)")
-    p.add_argument("--since", help="only matches stored or changed in this period, e.g. 7d, 36h (default: since "
+    p.add_argument("--since", help="only matches added in this period, e.g. 7d, 36h (default: since "
                                    "each organisation's last digest, everything for a first one)")
     p.add_argument("--dry-run", metavar="DIR", help="write one .eml file per digest to DIR; send and record nothing")
     p.add_argument("--only", metavar="ID", help="only this organisation")

@@ -2,9 +2,10 @@
 
 For every organisation with ``email_opt_in`` and a ``contact_email``, the engine ranks open challenges and
 partner organisations for it (``Engine.match_many``, the same ranking and explanations as the API). A match
-goes into a digest when it was never mailed to that organisation, was stored or changed since its last digest
-(or since ``--since``), scores at least MATCHER_DIGEST_MIN_SCORE, and, for a challenge, is open, has no past
-deadline and is not the organisation's own. Nothing new: no message.
+goes into a digest when it was never mailed to that organisation, was added since its last digest (or within
+``--since``; an edit does not make an entity new, or an unsubscribe would), scores at least
+MATCHER_DIGEST_MIN_SCORE, and, for a challenge, is open, has no past deadline and is not the organisation's own.
+Nothing new: no message.
 
 Every composed message is written to the store as "pending" before it is handed to the SMTP server, and
 marked "sent" once the server has accepted it; every failed attempt is recorded. A run that stops half-way
@@ -165,7 +166,7 @@ class Composer:
             chosen = []
             for m in matches:
                 doc = docs.get(m["id"])
-                if doc is None or (cutoff is not None and dt.datetime.fromisoformat(doc["updated_at"]) <= cutoff):
+                if doc is None or (cutoff is not None and dt.datetime.fromisoformat(doc["created_at"]) <= cutoff):
                     continue
                 if kind == EntityKind.challenges.value and (doc.get("status") != "open" or m["id"] in closed_or_own):
                     continue
