@@ -351,3 +351,42 @@ def test_digest_renders_readably_at_phone_width_in_chromium(mail_engine, tmp_pat
     assert m["matches"] == len(found.items)
     width, height = _png_size(png)
     assert width == PHONE and height > 800  # the whole digest, longer than one screen
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_smtp_login_and_a_refused_login_stops_the_run(mail_engine, smtp):
+    """MATCHER_SMTP_USER/PASSWORD log in; a refused login (535) stops the run with its message pending."""
+    from aiosmtpd.smtp import AuthResult
+
+    logins = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        login = [v.decode() if isinstance(v, bytes) else v for v in (auth_data.login, auth_data.password)]
+        logins.append(tuple(login))
+        return AuthResult(success=login == ["digest", "s3cret"], handled=False)  # False: answer 535
+
+    port = free_port()  # plain text login is for this loopback test only (aiosmtpd requires TLS otherwise)
+    server = Controller(smtp, hostname="127.0.0.1", port=port, authenticator=authenticator, auth_require_tls=False,
+                        auth_required=True, auth_exclude_mechanism=["LOGIN"])  # PLAIN: smtplib's LOGIN stalls on aiosmtpd
+    server.start()
+    try:
+        wrong = dataclasses.replace(mail_engine.settings, smtp_port=port, smtp_user="digest", smtp_password="guess")
+        report = digest.run(Engine(wrong, store=mail_engine.store, encoder=mail_engine.encoder).open())
+        assert report.stopped and "535" in report.stopped and report.sent == [] and smtp.messages == []
+        assert [r["status"] for r in mail_engine.store.digest_log()] == ["pending"]
+        right = dataclasses.replace(wrong, smtp_password="s3cret")
+        report = digest.run(Engine(right, store=mail_engine.store, encoder=mail_engine.encoder).open())
+    finally:
+        server.stop()
+    assert sorted(report.sent) == RECIPIENTS and sorted(by_recipient(smtp)) == RECIPIENTS
+    assert logins[0] == ("digest", "guess") and logins[-1] == ("digest", "s3cret")
+
+
+def test_generated_secret_key_is_kept_private_and_stable(settings):
+    from matcher.tokens import read_unsubscribe_token, secret_key
+
+    assert settings.secret_key == ""
+    key = secret_key(settings)
+    path = settings.data_dir / "secret_key"
+    assert len(key) >= 48 and path.stat().st_mode & 0o777 == 0o600 and secret_key(settings) == key
+    assert read_unsubscribe_token(settings, make_unsubscribe_token(settings, "voltgrid")) == "voltgrid"
