@@ -142,7 +142,7 @@ class Composer:
         mailed, last_sent = self.engine.store.digest_history(org["id"])
         cutoff = self._cutoff(last_sent)
         today = self.now.date()
-        closed_or_own = [
+        past_or_own = [
             cid for cid, c in self.challenges.items()
             if c.get("owner_id") == org["id"] or (c.get("deadline") and dt.date.fromisoformat(c["deadline"]) < today)
         ]
@@ -152,7 +152,7 @@ class Composer:
         for kind in (EntityKind.challenges, EntityKind.organisations):
             exclude = [i for (mk, i) in mailed if mk == kind.value]
             if kind is EntityKind.challenges:
-                exclude += closed_or_own
+                exclude += past_or_own
             if len(exclude) > _MAX_EXCLUDE:  # the rest are dropped after ranking
                 exclude, k = exclude[-_MAX_EXCLUDE:], MAX_K
             requests.append(MatchRequest.model_validate({
@@ -168,7 +168,7 @@ class Composer:
                 doc = docs.get(m["id"])
                 if doc is None or (cutoff is not None and dt.datetime.fromisoformat(doc["created_at"]) <= cutoff):
                     continue
-                if kind == EntityKind.challenges.value and (doc.get("status") != "open" or m["id"] in closed_or_own):
+                if kind == EntityKind.challenges.value and (doc.get("status") != "open" or m["id"] in past_or_own):
                     continue
                 chosen.append(self._item(kind, m, doc))
                 if len(chosen) == limit:
