@@ -1,7 +1,7 @@
 """/v1/unsubscribe?token=...: the link in every digest. Turns the organisation's ``email_opt_in`` off and
 confirms in a page. GET is the footer link; POST is the one-click unsubscribe of mail clients (RFC 8058,
 ``List-Unsubscribe-Post``). A tampered, malformed or expired token changes nothing: 400, as a page for a
-browser and as the usual JSON error otherwise."""
+browser (one that prefers text/html) and as the usual JSON error otherwise."""
 from __future__ import annotations
 
 import logging
@@ -18,7 +18,7 @@ bp = Blueprint("unsubscribe", __name__)
 
 
 def _refuse(code: str, message: str):
-    if request.accept_mimetypes.accept_html:
+    if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":  # a browser
         return render_template("unsubscribe.html", ok=False, message=message), 400
     return error_response(400, code, f"token: {message}", [{"field": "token", "problem": message}])
 
