@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install run test bench clean
+.PHONY: install browser run test bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,15 @@ run: install
 	$(BIN)/python -m matcher init
 	exec $(BIN)/gunicorn -c service/gunicorn_conf.py "service:create_app()"
 
+## Headless Chromium for the digest rendering test: the Debian package, installed when missing and apt-get can
+## (as root); otherwise that one test is skipped with the reason.
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
+	  echo "note: /usr/bin/chromium is missing and could not be installed: the digest rendering test will be skipped"
+
 ## Run the test suite.
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q tests
 
 ## Latency and indexing throughput at 1k and 10k organisations (needs ../shared/data/cordis).

@@ -8,6 +8,7 @@
     python -m matcher status                    what the store and indexes hold
     python -m matcher evaluate --pool P --queries Q   match quality on real consortia, beside the baselines
     python -m matcher train-ranker              train the learned ranker (leak-free 2021-2022 topics)
+    python -m matcher digest [--since 7d] [--dry-run DIR] [--only ID]   e-mail digests of new matches
 
 Settings come from the MATCHER_* environment variables (see the README).
 """
@@ -127,6 +128,25 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_digest(args) -> int:
+    from matcher import digest
+
+    try:
+        since = digest.parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"error: --since: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("matcher.digest").setLevel(logging.INFO)  # one line per organisation, by id
+    engine = _engine()
+    try:
+        report = digest.run(engine, since=since, dry_run=args.dry_run, only=args.only)
+    except (LookupError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m matcher", description="Partner matching for innovation ecosystems.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -170,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(name, help=text, add_help=False)
         DELEGATED[name] = module
+    p = sub.add_parser("digest", help="e-mail each opted-in organisation its new matches (MATCHER_SMTP_* settings)")
+    p.add_argument("--since", help="only matches added in this period, e.g. 7d, 36h (default: since "
+                                   "each organisation's last digest, everything for a first one)")
+    p.add_argument("--dry-run", metavar="DIR", help="write one .eml file per digest to DIR; send and record nothing")
+    p.add_argument("--only", metavar="ID", help="only this organisation")
+    p.set_defaults(func=cmd_digest)
     return parser
 
 

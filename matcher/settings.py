@@ -34,6 +34,24 @@ class Settings:
     snapshot_every: int = 500  # MATCHER_SNAPSHOT_EVERY: a worker rewrites the index snapshot after this many changes
     log_level: str = "info"  # MATCHER_LOG_LEVEL
     ranker: str = ""  # MATCHER_RANKER: a ranker artefact (JSON); "" = the one shipped in matcher/ranker_model/
+    # E-mail digests (matcher/digest.py)
+    platform_url: str = "http://127.0.0.1:8000"  # MATCHER_PLATFORM_URL: links to act are <this>/challenges/<id>, /organisations/<id>
+    public_url: str = "http://127.0.0.1:8000"  # MATCHER_PUBLIC_URL: where this service is reached (the unsubscribe link)
+    secret_key: str = ""  # MATCHER_SECRET_KEY: signs unsubscribe tokens; "" = a random key kept in <data_dir>/secret_key
+    unsubscribe_days: int = 90  # MATCHER_UNSUBSCRIBE_DAYS: how long an unsubscribe link works
+    smtp_host: str = "localhost"  # MATCHER_SMTP_HOST
+    smtp_port: int = 25  # MATCHER_SMTP_PORT
+    smtp_security: str = "starttls"  # MATCHER_SMTP_SECURITY: starttls, ssl or none
+    smtp_user: str = ""  # MATCHER_SMTP_USER: "" = no login
+    smtp_password: str = ""  # MATCHER_SMTP_PASSWORD
+    smtp_timeout: float = 30.0  # MATCHER_SMTP_TIMEOUT: seconds
+    mail_from: str = "Partner matching <digest@localhost>"  # MATCHER_MAIL_FROM
+    digest_items: int = 3  # MATCHER_DIGEST_ITEMS: at most this many challenges and this many partners per digest
+    digest_min_score: float = 0.40  # MATCHER_DIGEST_MIN_SCORE: weaker matches are never mailed
+    digest_batch: int = 50  # MATCHER_DIGEST_BATCH: messages per SMTP connection
+    digest_rate: float = 5.0  # MATCHER_DIGEST_RATE: at most this many messages per second
+    digest_retries: int = 3  # MATCHER_DIGEST_RETRIES: tries after a temporary (4xx) failure
+    digest_retry_delay: float = 5.0  # MATCHER_DIGEST_RETRY_DELAY: seconds before the first retry, doubled each time
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -54,6 +72,23 @@ class Settings:
             snapshot_every=int(_env("MATCHER_SNAPSHOT_EVERY", "500")),
             log_level=_env("MATCHER_LOG_LEVEL", "info").lower(),
             ranker=_env("MATCHER_RANKER", ""),
+            platform_url=_env("MATCHER_PLATFORM_URL", "http://127.0.0.1:8000").rstrip("/"),
+            public_url=_env("MATCHER_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"),
+            secret_key=_env("MATCHER_SECRET_KEY", ""),
+            unsubscribe_days=int(_env("MATCHER_UNSUBSCRIBE_DAYS", "90")),
+            smtp_host=_env("MATCHER_SMTP_HOST", "localhost"),
+            smtp_port=int(_env("MATCHER_SMTP_PORT", "25")),
+            smtp_security=_env("MATCHER_SMTP_SECURITY", "starttls").lower(),
+            smtp_user=_env("MATCHER_SMTP_USER", ""),
+            smtp_password=os.environ.get("MATCHER_SMTP_PASSWORD", ""),
+            smtp_timeout=float(_env("MATCHER_SMTP_TIMEOUT", "30")),
+            mail_from=_env("MATCHER_MAIL_FROM", "Partner matching <digest@localhost>"),
+            digest_items=int(_env("MATCHER_DIGEST_ITEMS", "3")),
+            digest_min_score=float(_env("MATCHER_DIGEST_MIN_SCORE", "0.40")),
+            digest_batch=int(_env("MATCHER_DIGEST_BATCH", "50")),
+            digest_rate=float(_env("MATCHER_DIGEST_RATE", "5")),
+            digest_retries=int(_env("MATCHER_DIGEST_RETRIES", "3")),
+            digest_retry_delay=float(_env("MATCHER_DIGEST_RETRY_DELAY", "5")),
         )
         if "data_dir" in overrides:
             overrides["data_dir"] = Path(overrides["data_dir"]).expanduser().resolve()
@@ -67,5 +102,6 @@ class Settings:
         return self.data_dir / "index"
 
     def describe(self) -> dict:
-        """The settings as plain values (for logs and `python -m matcher settings`)."""
-        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+        """The settings as plain values (for logs and `python -m matcher settings`); secrets are masked."""
+        secret = {"secret_key", "smtp_password"}
+        return {f.name: ("***" if f.name in secret and getattr(self, f.name) else str(getattr(self, f.name))) for f in fields(self)}

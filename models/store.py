@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, create_engine, delete, event, func, insert, se
 from sqlalchemy.engine import Connection, Engine
 
 from models.enums import EntityKind
-from models.tables import ENTITY_TABLES, challenges, changes, metadata, sync_state
+from models.tables import ENTITY_TABLES, challenges, changes, digest_messages, metadata, organisations, sync_state
 
 _CHUNK = 500  # ids per IN (...) clause, well under SQLite's variable limit
 
@@ -349,6 +349,8 @@ class Store:
             num = conn.execute(select(table.c.num).where(table.c.id == entity_id)).scalar()
             if num is not None:
                 conn.execute(delete(table).where(table.c.num == num))
+                if kind is EntityKind.organisations:  # its digest log goes with it: never mailed again
+                    conn.execute(delete(digest_messages).where(digest_messages.c.organisation_id == entity_id))
                 conn.execute(insert(changes).values(seq=seq, kind=kind.value, entity_id=entity_id, num=num, op="delete"))
                 if on_delete is not None:
                     on_delete(conn, seq)
@@ -361,6 +363,76 @@ class Store:
             data = {**row.data, "owner_id": None}
             conn.execute(update(challenges).where(challenges.c.num == row.num).values(data=data, owner_id=None, updated_at=utcnow()))
             conn.execute(insert(changes).values(seq=seq, kind=EntityKind.challenges.value, entity_id=row.id, num=row.num, op="upsert"))
+
+    # --- e-mail digests (matcher/digest.py) -------------------------------------------------------
+
+    def digest_recipient(self, organisation_id: str) -> dict | None:
+        """The organisation's document if it exists, opted in to e-mail and has a contact address."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(organisations.c.id, organisations.c.data, organisations.c.created_at,
+                                      organisations.c.updated_at)
+                               .where(organisations.c.id == organisation_id, organisations.c.email_opt_in.is_(True))).first()
+        doc = _document(row) if row is not None else None
+        return doc if doc is not None and doc.get("contact_email") else None
+
+    def digest_recipient_ids(self) -> list[str]:
+        """Ids of the organisations that opted in to e-mail and have a contact address (in id order)."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(organisations.c.id).where(
+                organisations.c.email_opt_in.is_(True), organisations.c.data["contact_email"].as_string().is_not(None))
+                .order_by(organisations.c.id)).scalars())
+
+    def digest_history(self, organisation_id: str) -> tuple[set[tuple[str, str]], dt.datetime | None]:
+        """What was mailed (or is pending) to an organisation as {(kind, id)}, and when its last digest was sent."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(digest_messages.c.matches, digest_messages.c.status, digest_messages.c.sent_at)
+                                .where(digest_messages.c.organisation_id == organisation_id,
+                                       digest_messages.c.status.in_(("sent", "pending")))).all()
+        items = {(i["kind"], i["id"]) for row in rows for i in row.matches}
+        sent = [_aware(row.sent_at) for row in rows if row.status == "sent" and row.sent_at is not None]
+        return items, max(sent, default=None)
+
+    def add_digest(self, organisation_id: str, message_id: str, items: list[dict], message: bytes) -> int | None:
+        """Record a composed message as pending, in one transaction with a check that the organisation is still
+        stored; None (and nothing written) when it is not."""
+        with self.engine.begin() as conn:
+            if conn.execute(select(organisations.c.num).where(organisations.c.id == organisation_id)).first() is None:
+                return None
+            return conn.execute(insert(digest_messages).values(
+                message_id=message_id, organisation_id=organisation_id, status="pending", matches=items,
+                message=message, attempts=0, errors=[], created_at=utcnow()).returning(digest_messages.c.num)).scalar_one()
+
+    def pending_digests(self, organisation_id: str | None = None) -> list[dict]:
+        """Messages composed but not yet sent (an interrupted run), oldest first."""
+        query = select(digest_messages.c.num, digest_messages.c.organisation_id, digest_messages.c.message_id,
+                       digest_messages.c.message, digest_messages.c.matches).where(digest_messages.c.status == "pending")
+        if organisation_id is not None:
+            query = query.where(digest_messages.c.organisation_id == organisation_id)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping, message=bytes(row.message)) for row in conn.execute(query.order_by(digest_messages.c.num))]
+
+    def record_digest_attempt(self, num: int, status: str, error: dict | None = None) -> None:
+        """After an attempt to send a message: its new status, and the error of a failed attempt."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(digest_messages.c.attempts, digest_messages.c.errors)
+                               .where(digest_messages.c.num == num)).first()
+            if row is None:  # its organisation was deleted meanwhile
+                return
+            values: dict = {"status": status, "attempts": row.attempts + (error is not None or status == "sent")}
+            if error is not None:
+                values["errors"] = [*row.errors, {**error, "at": _iso(utcnow())}]
+            if status == "sent":
+                values["sent_at"] = utcnow()
+            conn.execute(update(digest_messages).where(digest_messages.c.num == num).values(**values))
+
+    def digest_log(self, organisation_id: str | None = None) -> list[dict]:
+        """The digest log (every message's status, items, attempts and errors), oldest first."""
+        cols = [c for c in digest_messages.c if c.name != "message"]
+        query = select(*cols).order_by(digest_messages.c.num)
+        if organisation_id is not None:
+            query = query.where(digest_messages.c.organisation_id == organisation_id)
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
 
 
 def _embedding_columns(record: EmbeddingRecord | None) -> dict:

@@ -88,3 +88,23 @@ changes = Table(
 Index("ix_changes_seq", changes.c.seq)
 
 ENTITY_TABLES = {EntityKind.organisations: organisations, EntityKind.challenges: challenges}
+
+# E-mail digests: one row per message composed for an organisation (matcher/digest.py). ``matches`` lists what
+# it carries ([{"kind", "id"}]); a "sent" or "pending" row's matches are never mailed to that organisation again.
+# A "pending" row left by an interrupted run is sent as it is (same Message-ID) by the next run. ``errors``
+# records every failed attempt. Rows go with their organisation, in the transaction that deletes it.
+digest_messages = Table(
+    "digest_messages",
+    metadata,
+    Column("num", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(255), nullable=False, unique=True),
+    Column("organisation_id", String(128), nullable=False, index=True),
+    Column("status", String(16), nullable=False),  # "pending" | "sent" | "failed" | "cancelled"
+    Column("matches", JSON, nullable=False),  # [{"kind", "id"}]
+    Column("message", LargeBinary, nullable=False),  # the RFC 5322 bytes, resent unchanged after an interruption
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("errors", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True)),
+    sqlite_autoincrement=True,
+)

@@ -106,6 +106,9 @@ def openapi_spec() -> dict:
     )
     components = dict(schemas.get("$defs", {}))
     components["Error"] = ERROR
+    # Write-only: stored for the e-mail digests, never returned (see service/api/entities.py).
+    components["OrganisationIn"]["properties"]["contact_email"].update(
+        writeOnly=True, description="Where digests go (with email_opt_in). Never returned by the API.")
     paths = {}
     paths.update(_entity_paths("organisations", "OrganisationIn",
                                [{"name": "type", "in": "query", "schema": {"type": "string", "enum": components["OrgType"]["enum"]}}]))
@@ -121,6 +124,13 @@ def openapi_spec() -> dict:
         "responses": {"200": {"description": "One result per request, in order",
                               **_json({"type": "object", "properties": {"results": {"type": "array", "items": _ref("MatchResponse")}}})},
                       **_errors(400, 404)}}}
+    paths["/v1/unsubscribe"] = {"parameters": [{"name": "token", "in": "query", "required": True, "schema": {"type": "string"}}],
+                                **{method: {"summary": "Turn an organisation's email_opt_in off with the signed token of a digest"
+                                                       + (" (one-click, RFC 8058)" if method == "post" else ""),
+                                            "responses": {"200": {"description": "Confirmation page", "content": {"text/html": {}}},
+                                                          "400": {"description": "Missing, tampered or expired token (a page for browsers)",
+                                                                  **_json(_ref("Error"))}}}
+                                   for method in ("get", "post")}}
     paths["/healthz"] = {"get": {"summary": "The process answers", "responses": {"200": {"description": "Alive"}}}}
     paths["/readyz"] = {"get": {"summary": "Model loaded and indexes in sync with the store",
                                 "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}}

@@ -16,6 +16,15 @@ from service.errors import invalid
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
 
+# Write-only fields: stored (contact_email is where digests go) but never returned, not even to the caller
+# that wrote them. A PUT that omits one keeps the stored value; PATCH or PUT with null removes it.
+WRITE_ONLY = {EntityKind.organisations: ("contact_email",), EntityKind.challenges: ()}
+
+
+def public(kind: EntityKind, doc: dict) -> dict:
+    """An entity as the API returns it: without its write-only fields."""
+    return {k: v for k, v in doc.items() if k not in WRITE_ONLY[kind]}
+
 
 def encode_cursor(last_id: str) -> str:
     return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
@@ -68,7 +77,7 @@ def make_blueprint(kind: EntityKind) -> Blueprint:
 
     @bp.post("")
     def create():
-        return engine().create(kind, json_body()), 201
+        return public(kind, engine().create(kind, json_body())), 201
 
     @bp.post("/bulk")
     def bulk():
@@ -82,7 +91,7 @@ def make_blueprint(kind: EntityKind) -> Blueprint:
         if not 1 <= len(items) <= MAX_BULK_ITEMS:
             raise invalid("items", f"must hold between 1 and {MAX_BULK_ITEMS} items")
         stored = engine().upsert_many(kind, items)
-        return {"items": stored, "count": len(stored)}, 200
+        return {"items": [public(kind, d) for d in stored], "count": len(stored)}, 200
 
     @bp.get("")
     def list_entities():
@@ -90,19 +99,23 @@ def make_blueprint(kind: EntityKind) -> Blueprint:
         limit = params.pop("limit")
         items = engine().store.list(kind, limit=limit + 1, **params)
         next_cursor = encode_cursor(items[limit - 1]["id"]) if len(items) > limit else None
-        return {"items": items[:limit], "next_cursor": next_cursor}
+        return {"items": [public(kind, d) for d in items[:limit]], "next_cursor": next_cursor}
 
     @bp.get("/<entity_id>")
     def read(entity_id):
-        return engine().get(kind, entity_id)
+        return public(kind, engine().get(kind, entity_id))
 
     @bp.put("/<entity_id>")
     def replace(entity_id):
-        return engine().replace(kind, entity_id, json_body())
+        body = json_body()
+        if isinstance(body, dict) and any(f not in body for f in WRITE_ONLY[kind]):
+            stored = engine().get(kind, entity_id)
+            body = {**{f: stored[f] for f in WRITE_ONLY[kind] if stored.get(f) is not None}, **body}
+        return public(kind, engine().replace(kind, entity_id, body))
 
     @bp.patch("/<entity_id>")
     def patch(entity_id):
-        return engine().patch(kind, entity_id, json_body())
+        return public(kind, engine().patch(kind, entity_id, json_body()))
 
     @bp.delete("/<entity_id>")
     def remove(entity_id):
