@@ -6,6 +6,10 @@
     python -m matcher match --text "..." -k 10  ranked, explained matches
     python -m matcher reindex [--force]         embed what is missing or stale, rewrite index snapshots
     python -m matcher status                    what the store and indexes hold
+    python -m matcher batch --queries FILE --target organisations -k 20 --out FILE   batch matching (resumable)
+    python -m matcher worker                    run queued batch jobs (gunicorn's master starts one)
+    python -m matcher consortium --challenge-id ID --size 5   alternative consortia for a challenge
+    python -m matcher schedule --participants FILE --slots FILE --out DIR   brokerage-event meetings
 
 Settings come from the MATCHER_* environment variables (see the README).
 """
@@ -125,6 +129,34 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    from matcher.batch import run_batch_file
+
+    engine = _engine()
+    runner = args.runner or engine.settings.batch_runner
+    filters = {"types": args.type or [], "countries": args.country or [], "exclude_ids": args.exclude or []}
+    try:
+        report = run_batch_file(engine, args.queries, args.out, target=args.target, k=args.k, filters=filters,
+                                explain=not args.no_explain, runner=runner, actors=args.actors or engine.settings.ray_actors,
+                                restart=args.restart, progress=not args.quiet)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for error in report.errors:
+        print(f"{args.queries}: {error}", file=sys.stderr)
+    resumed = f" ({report.resumed} from an earlier run)" if report.resumed else ""
+    print(f"{report.queries} of {report.read} queries matched{resumed}, {len(report.errors)} problem(s); "
+          f"{report.rows} rows written to {report.out}")
+    return 1 if report.errors else 0
+
+
+def cmd_worker(args) -> int:
+    from matcher.jobs import JobWorker
+
+    JobWorker(_engine()).run_forever(once=args.once)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m matcher", description="Partner matching for innovation ecosystems.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -160,6 +192,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="settings, store and index state as JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("batch", help="match every query of a CSV, JSONL or XLSX file; resumable")
+    p.add_argument("--queries", required=True, help="CSV, JSONL, JSON or XLSX: text, ids or profiles, one per row")
+    p.add_argument("--out", required=True, help="CSV, JSONL or XLSX: one row per (query, match)")
+    p.add_argument("--target", choices=[k.value for k in EntityKind], default="organisations")
+    p.add_argument("-k", type=int, default=20)
+    p.add_argument("--type", action="append", choices=[t.value for t in OrgType], help="repeat for several")
+    p.add_argument("--country", action="append", help="ISO code; repeat for several")
+    p.add_argument("--exclude", action="append", help="an id to leave out; repeat for several")
+    p.add_argument("--no-explain", action="store_true")
+    p.add_argument("--runner", choices=["local", "ray"], help="default MATCHER_BATCH_RUNNER (local)")
+    p.add_argument("--actors", type=int, help="Ray matcher actors (default MATCHER_RAY_ACTORS)")
+    p.add_argument("--restart", action="store_true", help="ignore the checkpoint of an interrupted run")
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("worker", help="run queued batch-match jobs from the store")
+    p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
+    p.set_defaults(func=cmd_worker)
     return parser
 
 

@@ -33,6 +33,11 @@ class Settings:
     max_body_bytes: int = 16 * 1024 * 1024  # MATCHER_MAX_BODY_BYTES: larger request bodies get 413
     snapshot_every: int = 500  # MATCHER_SNAPSHOT_EVERY: a worker rewrites the index snapshot after this many changes
     log_level: str = "info"  # MATCHER_LOG_LEVEL
+    batch_runner: str = "local"  # MATCHER_BATCH_RUNNER: "local" (this process) or "ray" (Ray Data; RAY_ADDRESS names a cluster)
+    ray_actors: int = 1  # MATCHER_RAY_ACTORS: matcher actors in the Ray pool, each with its own model and indexes
+    job_runner: bool = True  # MATCHER_JOB_RUNNER: gunicorn's master starts `python -m matcher worker` for batch jobs
+    job_poll_s: float = 1.0  # MATCHER_JOB_POLL_S: how often an idle job worker looks for queued jobs
+    job_lease_s: int = 60  # MATCHER_JOB_LEASE_S: a running job not heard of for this long is taken over by another worker
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -52,6 +57,11 @@ class Settings:
             max_body_bytes=int(_env("MATCHER_MAX_BODY_BYTES", str(16 * 1024 * 1024))),
             snapshot_every=int(_env("MATCHER_SNAPSHOT_EVERY", "500")),
             log_level=_env("MATCHER_LOG_LEVEL", "info").lower(),
+            batch_runner=_env("MATCHER_BATCH_RUNNER", "local").lower(),
+            ray_actors=int(_env("MATCHER_RAY_ACTORS", "1")),
+            job_runner=_flag("MATCHER_JOB_RUNNER", True),
+            job_poll_s=float(_env("MATCHER_JOB_POLL_S", "1.0")),
+            job_lease_s=int(_env("MATCHER_JOB_LEASE_S", "60")),
         )
         if "data_dir" in overrides:
             overrides["data_dir"] = Path(overrides["data_dir"]).expanduser().resolve()
