@@ -150,6 +150,38 @@ def cmd_batch(args) -> int:
     return 1 if report.errors else 0
 
 
+def cmd_consortium(args) -> int:
+    from matcher.consortium import build, parse_request
+    from models.schemas import InvalidInput
+    from models.store import NotFoundError
+
+    body = {"size": args.size, "alternatives": args.alternatives,
+            "required_types": [[t.strip() for t in group.split(",") if t.strip()] for group in args.require or []],
+            "countries": args.country or [], "must_include": args.include or [], "exclude": args.exclude or []}
+    body.update({"challenge_id": args.challenge_id} if args.challenge_id else {"text": args.text})
+    engine = _engine()
+    try:
+        result = build(engine, parse_request(body))
+    except InvalidInput as exc:
+        for d in exc.details:
+            print(f"error: {d['field']}: {d['problem']}", file=sys.stderr)
+        return 2
+    except NotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    for n, team in enumerate(result["consortia"], start=1):
+        missing = f"; missing {team['missing_types']}" if team["missing_types"] else ""
+        print(f"Consortium {n}: coverage {team['coverage']:.3f}, types {', '.join(team['types'])}, "
+              f"countries {', '.join(team['countries']) or '-'}{missing}")
+        for m in team["members"]:
+            print(f"  - {m['name']} ({m['type']}, {m.get('country') or '-'}) [{m['id']}]: {m['role']}")
+            print(f"      {m['why']}")
+    return 0
+
+
 def cmd_worker(args) -> int:
     from matcher.jobs import JobWorker
 
@@ -206,6 +238,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actors", type=int, help="Ray matcher actors (default MATCHER_RAY_ACTORS)")
     p.add_argument("--restart", action="store_true", help="ignore the checkpoint of an interrupted run")
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("consortium", help="alternative consortia for a challenge, under constraints")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--challenge-id")
+    q.add_argument("--text")
+    p.add_argument("--size", type=int, default=5)
+    p.add_argument("--require", action="append", metavar="TYPE[,TYPE]",
+                   help="at least one member of these types; repeat for several groups, e.g. --require university,research_institute")
+    p.add_argument("--country", action="append", help="allowed member country; repeat for several")
+    p.add_argument("--include", action="append", help="an organisation id every consortium must contain")
+    p.add_argument("--exclude", action="append", help="an organisation id to leave out")
+    p.add_argument("--alternatives", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_consortium)
 
     p = sub.add_parser("worker", help="run queued batch-match jobs from the store")
     p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
