@@ -182,6 +182,25 @@ def cmd_consortium(args) -> int:
     return 0
 
 
+def cmd_schedule(args) -> int:
+    from matcher.schedule import build_schedule, write_outputs
+    from matcher.tables_io import read_table
+
+    engine = _engine()
+    try:
+        schedule = build_schedule(engine, list(read_table(args.participants)), list(read_table(args.slots)))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = write_outputs(schedule, args.out)
+    for problem in summary["problems"]:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"{summary['meetings']} meetings for {summary['participants']} participants in {summary['slots']} slots; "
+          f"requested meetings placed: {summary['requested_placed']} of {summary['requested_pairs']}; "
+          f"mean match score {summary['mean_score']}; written to {args.out}")
+    return 0
+
+
 def cmd_worker(args) -> int:
     from matcher.jobs import JobWorker
 
@@ -252,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alternatives", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_consortium)
+
+    p = sub.add_parser("schedule", help="1:1 meetings for a brokerage event: schedule, agendas, .ics files")
+    p.add_argument("--participants", required=True, help="CSV, JSONL or XLSX: id or profile, available, max_meetings, requests, blocked")
+    p.add_argument("--slots", required=True, help="CSV, JSONL or XLSX: id, start, end, tables, location")
+    p.add_argument("--out", required=True, help="folder for schedule.csv/.xlsx, agendas/, calendars/, summary.json")
+    p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("worker", help="run queued batch-match jobs from the store")
     p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
