@@ -90,15 +90,15 @@ def main() -> None:
 
 
 def evaluate(engine, topics) -> None:
-    from matcher.consortium import ConsortiumRequest, build
-    from models.schemas import MatchRequest
+    from matcher.consortium import build
+    from models.enums import EntityKind
+    from models.schemas import ConsortiumRequest, MatchRequest
 
-    types_of = {o: engine.indexes_meta(o) for o in []}  # placeholder, replaced below
-    index = engine.indexes[next(iter(engine.indexes))]
+    index = engine.indexes[EntityKind.organisations]
     rows = []
     started = time.perf_counter()
     for topic in topics:
-        relevant = {r for r in topic["relevant"] if r in engine.indexes[list(engine.indexes)[0]].num_of}
+        relevant = {r for r in topic["relevant"] if r in index.num_of}
         n = len(relevant)
         text = f"{topic['title']}\n{topic['description']}"
         top = engine.match(MatchRequest.model_validate({"query": {"text": text}, "k": n, "explain": False}))
@@ -111,7 +111,6 @@ def evaluate(engine, topics) -> None:
         typed_hits = len({m["id"] for m in typed["consortia"][0]["members"]} & relevant)
         rows.append((topic["id"], n, top_hits, plain_hits, typed_hits))
     took = time.perf_counter() - started
-    del types_of
     total = sum(r[1] for r in rows)
     print()
     print("| topic | real size n | top-n list | consortium | consortium + real types |")
