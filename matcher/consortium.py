@@ -160,8 +160,8 @@ def _greedy(request, ids, pool, allowed, coverage, weights, relevance, similarit
         unmet = [g for g, ok in zip(request.required_types, met) if not ok]
         seats = request.size - len(team)
         choices = [r for r in allowed if r not in team]
-        if unmet and seats <= len(unmet):  # the last seats go to the required types still missing
-            choices = [r for r in choices if any(pool[ids[r]]["type"] in g for g in unmet)]
+        if unmet and seats <= len(unmet):  # the last seats go to the required types still missing, if any is left
+            choices = [r for r in choices if any(pool[ids[r]]["type"] in g for g in unmet)] or choices
         if not choices:
             break
         rows = np.array(choices)
