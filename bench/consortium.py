@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=1500)
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--build-only", action="store_true", help="embed the store subset, then stop")
+    parser.add_argument("--relevance", type=float, action="append",
+                        help="weight of the match score in the greedy gain (default: the module's RELEVANCE); repeat to compare")
     args = parser.parse_args()
     topics, orgs = select(args)
     engine = open_engine(orgs)
@@ -86,7 +88,12 @@ def main() -> None:
           f"{args.distractors} random distractors)")
     if args.build_only:
         return
-    evaluate(engine, topics)
+    from matcher import consortium
+
+    for weight in args.relevance or [consortium.RELEVANCE]:
+        consortium.RELEVANCE = weight
+        print(f"\n## RELEVANCE = {weight}, REDUNDANCY = {consortium.REDUNDANCY}")
+        evaluate(engine, topics)
 
 
 def evaluate(engine, topics) -> None:

@@ -81,15 +81,16 @@ def _challenge_vector(engine, request: ConsortiumRequest, challenge: dict | None
 
 
 def _candidates(engine, request: ConsortiumRequest, query: dict) -> dict[str, dict]:
-    """id -> match (id, name, type, country, score) from the engine, for the team to be chosen from."""
-    def match(k, types=()):
-        body = {"query": query, "k": k, "explain": False,
-                "filters": {"types": list(types), "countries": request.countries, "exclude_ids": request.exclude}}
-        return engine.match(MatchRequest.model_validate(body))["matches"]
+    """id -> match (id, name, type, country, score) from the engine, for the team to be chosen from: the best
+    matches overall and the best of each required type group, in one ``match_many`` (the text is encoded once)."""
+    def body(k, types=()):
+        return MatchRequest.model_validate({"query": query, "k": k, "explain": False, "filters": {
+            "types": list(types), "countries": request.countries, "exclude_ids": request.exclude}})
 
-    pool = {m["id"]: m for m in match(min(100, max(40, request.size * 10)))}
-    for group in request.required_types:
-        for m in match(20, group):
+    requests = [body(min(100, max(40, request.size * 10)))] + [body(20, group) for group in request.required_types]
+    pool: dict[str, dict] = {}
+    for result in engine.match_many(requests):
+        for m in result["matches"]:
             pool.setdefault(m["id"], m)
     return pool
 
