@@ -87,9 +87,18 @@ def main() -> None:
         summary = write_outputs(schedule, OUT / "result")
         total = time.perf_counter() - t
     wanted = sum(int(r[7]) for r in rows) // 2
+    # An upper bound on requested meetings placed, from the maximums alone: each participant takes at most
+    # max_meetings of the requested pairs it is in (half the sum, since each pair has two sides).
+    degree = {p.id: 0 for p in schedule.participants}
+    for a, b in schedule.requested_pairs:
+        degree[a] += 1
+        degree[b] += 1
+    cap = {p.id: p.max_meetings if p.max_meetings is not None else len(schedule.slots) for p in schedule.participants}
+    bound = sum(min(cap[i], degree[i]) for i in degree) // 2
     print(f"participants {summary['participants']}, slots {summary['slots']} x {args.tables} tables")
     print(f"requested pairs {summary['requested_pairs']}, placed {summary['requested_placed']} "
-          f"({summary['requested_placed'] / max(1, summary['requested_pairs']):.1%})")
+          f"({summary['requested_placed'] / max(1, summary['requested_pairs']):.1%}); at most {bound} can be, "
+          f"given each participant's maximum number of meetings")
     print(f"meetings {summary['meetings']} (at most about {wanted} by the participants' maximums), mean mutual score {summary['mean_score']}")
     print(f"time: read + validate {summary['seconds']['read']:.2f} s, scores (embedding {len(rows)} profiles + needs) "
           f"{summary['seconds']['scores']:.2f} s, assignment {summary['seconds']['assignment']:.3f} s; "
