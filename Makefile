@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install browser run test bench clean
+.PHONY: install browser run test bench bench-consortium bench-schedule clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ test: install browser
 ## Latency and indexing throughput at 1k and 10k organisations (needs ../shared/data/cordis).
 bench: install
 	$(BIN)/python bench/latency.py
+
+## Proposed consortia against real Horizon Europe consortia; a 200-participant brokerage event (issue 4).
+bench-consortium: install
+	$(BIN)/python bench/consortium.py
+
+bench-schedule: install
+	$(BIN)/python bench/schedule.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

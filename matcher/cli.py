@@ -9,6 +9,10 @@
     python -m matcher evaluate --pool P --queries Q   match quality on real consortia, beside the baselines
     python -m matcher train-ranker              train the learned ranker (leak-free 2021-2022 topics)
     python -m matcher digest [--since 7d] [--dry-run DIR] [--only ID]   e-mail digests of new matches
+    python -m matcher batch --queries FILE --target organisations -k 20 --out FILE   batch matching (resumable)
+    python -m matcher worker                    run queued batch jobs (gunicorn's master starts one)
+    python -m matcher consortium --challenge-id ID --size 5   alternative consortia for a challenge
+    python -m matcher schedule --participants FILE --slots FILE --out DIR   brokerage-event meetings
 
 Settings come from the MATCHER_* environment variables (see the README).
 """
@@ -145,6 +149,83 @@ def cmd_digest(args) -> int:
         return 2
     print(report.summary())
     return 0 if report.ok else 1
+def cmd_batch(args) -> int:
+    from matcher.batch import run_batch_file
+
+    engine = _engine()
+    runner = args.runner or engine.settings.batch_runner
+    filters = {"types": args.type or [], "countries": args.country or [], "exclude_ids": args.exclude or []}
+    try:
+        report = run_batch_file(engine, args.queries, args.out, target=args.target, k=args.k, filters=filters,
+                                explain=not args.no_explain, runner=runner, actors=args.actors or engine.settings.ray_actors,
+                                restart=args.restart, progress=not args.quiet)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for error in report.errors:
+        print(f"{args.queries}: {error}", file=sys.stderr)
+    resumed = f" ({report.resumed} from an earlier run)" if report.resumed else ""
+    print(f"{report.queries} of {report.read} queries matched{resumed}, {len(report.errors)} problem(s); "
+          f"{report.rows} rows written to {report.out}")
+    return 1 if report.errors else 0
+
+
+def cmd_consortium(args) -> int:
+    from matcher.consortium import build, parse_request
+    from models.schemas import InvalidInput
+    from models.store import NotFoundError
+
+    body = {"size": args.size, "alternatives": args.alternatives,
+            "required_types": [[t.strip() for t in group.split(",") if t.strip()] for group in args.require or []],
+            "countries": args.country or [], "must_include": args.include or [], "exclude": args.exclude or []}
+    body.update({"challenge_id": args.challenge_id} if args.challenge_id else {"text": args.text})
+    engine = _engine()
+    try:
+        result = build(engine, parse_request(body))
+    except InvalidInput as exc:
+        for d in exc.details:
+            print(f"error: {d['field']}: {d['problem']}", file=sys.stderr)
+        return 2
+    except NotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    for n, team in enumerate(result["consortia"], start=1):
+        missing = f"; missing {team['missing_types']}" if team["missing_types"] else ""
+        print(f"Consortium {n}: coverage {team['coverage']:.3f}, types {', '.join(team['types'])}, "
+              f"countries {', '.join(team['countries']) or '-'}{missing}")
+        for m in team["members"]:
+            print(f"  - {m['name']} ({m['type']}, {m.get('country') or '-'}) [{m['id']}]: {m['role']}")
+            print(f"      {m['why']}")
+    return 0
+
+
+def cmd_schedule(args) -> int:
+    from matcher.schedule import build_schedule, write_outputs
+    from matcher.tables_io import read_table
+
+    engine = _engine()
+    try:
+        schedule = build_schedule(engine, list(read_table(args.participants)), list(read_table(args.slots)))
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = write_outputs(schedule, args.out)
+    for problem in summary["problems"]:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"{summary['meetings']} meetings for {summary['participants']} participants in {summary['slots']} slots; "
+          f"requested meetings placed: {summary['requested_placed']} of {summary['requested_pairs']}; "
+          f"mean match score {summary['mean_score']}; written to {args.out}")
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from matcher.jobs import JobWorker
+
+    JobWorker(_engine()).run_forever(once=args.once)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,6 +277,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", metavar="DIR", help="write one .eml file per digest to DIR; send and record nothing")
     p.add_argument("--only", metavar="ID", help="only this organisation")
     p.set_defaults(func=cmd_digest)
+    p = sub.add_parser("batch", help="match every query of a CSV, JSONL or XLSX file; resumable")
+    p.add_argument("--queries", required=True, help="CSV, JSONL, JSON or XLSX: text, ids or profiles, one per row")
+    p.add_argument("--out", required=True, help="CSV, JSONL or XLSX: one row per (query, match)")
+    p.add_argument("--target", choices=[k.value for k in EntityKind], default="organisations")
+    p.add_argument("-k", type=int, default=20)
+    p.add_argument("--type", action="append", choices=[t.value for t in OrgType], help="repeat for several")
+    p.add_argument("--country", action="append", help="ISO code; repeat for several")
+    p.add_argument("--exclude", action="append", help="an id to leave out; repeat for several")
+    p.add_argument("--no-explain", action="store_true")
+    p.add_argument("--runner", choices=["local", "ray"], help="default MATCHER_BATCH_RUNNER (local)")
+    p.add_argument("--actors", type=int, help="Ray matcher actors (default MATCHER_RAY_ACTORS)")
+    p.add_argument("--restart", action="store_true", help="ignore the checkpoint of an interrupted run")
+    p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("consortium", help="alternative consortia for a challenge, under constraints")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--challenge-id")
+    q.add_argument("--text")
+    p.add_argument("--size", type=int, default=5)
+    p.add_argument("--require", action="append", metavar="TYPE[,TYPE]",
+                   help="at least one member of these types; repeat for several groups, e.g. --require university,research_institute")
+    p.add_argument("--country", action="append", help="allowed member country; repeat for several")
+    p.add_argument("--include", action="append", help="an organisation id every consortium must contain")
+    p.add_argument("--exclude", action="append", help="an organisation id to leave out")
+    p.add_argument("--alternatives", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_consortium)
+
+    p = sub.add_parser("schedule", help="1:1 meetings for a brokerage event: schedule, agendas, .ics files")
+    p.add_argument("--participants", required=True, help="CSV, JSONL or XLSX: id or profile, available, max_meetings, requests, blocked")
+    p.add_argument("--slots", required=True, help="CSV, JSONL or XLSX: id, start, end, tables, location")
+    p.add_argument("--out", required=True, help="folder for schedule.csv/.xlsx, agendas/, calendars/, summary.json")
+    p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("worker", help="run queued batch-match jobs from the store")
+    p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
+    p.set_defaults(func=cmd_worker)
     return parser
 
 

@@ -52,6 +52,11 @@ class Settings:
     digest_rate: float = 5.0  # MATCHER_DIGEST_RATE: at most this many messages per second
     digest_retries: int = 3  # MATCHER_DIGEST_RETRIES: tries after a temporary (4xx) failure
     digest_retry_delay: float = 5.0  # MATCHER_DIGEST_RETRY_DELAY: seconds before the first retry, doubled each time
+    batch_runner: str = "local"  # MATCHER_BATCH_RUNNER: "local" (this process) or "ray" (Ray Data; RAY_ADDRESS names a cluster)
+    ray_actors: int = 1  # MATCHER_RAY_ACTORS: matcher actors in the Ray pool, each with its own model and indexes
+    job_runner: bool = True  # MATCHER_JOB_RUNNER: gunicorn's master starts `python -m matcher worker` for batch jobs
+    job_poll_s: float = 1.0  # MATCHER_JOB_POLL_S: how often an idle job worker looks for queued jobs
+    job_lease_s: int = 60  # MATCHER_JOB_LEASE_S: a running job not heard of for this long is taken over by another worker
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -89,6 +94,11 @@ class Settings:
             digest_rate=float(_env("MATCHER_DIGEST_RATE", "5")),
             digest_retries=int(_env("MATCHER_DIGEST_RETRIES", "3")),
             digest_retry_delay=float(_env("MATCHER_DIGEST_RETRY_DELAY", "5")),
+            batch_runner=_env("MATCHER_BATCH_RUNNER", "local").lower(),
+            ray_actors=int(_env("MATCHER_RAY_ACTORS", "1")),
+            job_runner=_flag("MATCHER_JOB_RUNNER", True),
+            job_poll_s=float(_env("MATCHER_JOB_POLL_S", "1.0")),
+            job_lease_s=int(_env("MATCHER_JOB_LEASE_S", "60")),
         )
         if "data_dir" in overrides:
             overrides["data_dir"] = Path(overrides["data_dir"]).expanduser().resolve()

@@ -276,3 +276,85 @@ class Match(BaseModel):
 class MatchResponse(BaseModel):
     matches: list[Match]
     took_ms: float
+
+
+# --- Batch jobs, consortia (issue 4) ------------------------------------------------------------
+
+MAX_JOB_QUERIES = 10_000
+
+
+class BatchJobRequest(_Strict):
+    """A batch-match job: each query is {text} | {challenge_id} | {organisation_id} | {id} | a profile."""
+
+    queries: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_JOB_QUERIES)]
+    target: EntityKind = EntityKind.organisations
+    k: Annotated[int, Field(ge=1, le=MAX_K, strict=True)] = 20
+    filters: MatchFilters = MatchFilters()
+    explain: bool = True
+
+
+class JobProgress(BaseModel):
+    done: int
+    total: int
+    fraction: float
+
+
+class Job(BaseModel):
+    id: str
+    kind: str
+    status: Literal["queued", "running", "done", "failed"]
+    progress: JobProgress
+    errors: list[dict] = []
+    message: str | None = None
+    created_at: str
+    updated_at: str
+
+
+class ConsortiumRequest(_Strict):
+    """A challenge (stored id or text) and the constraints on the teams to propose."""
+
+    challenge_id: EntityId | None = None
+    text: Annotated[str, Field(min_length=1, max_length=50_000)] | None = None
+    size: Annotated[int, Field(ge=2, le=30, strict=True)] = 5
+    # Each group is satisfied by one member of any of its types, e.g. [["public_authority"], ["university", "research_institute"]].
+    required_types: Annotated[list[Annotated[list[OrgType], Field(min_length=1)]], Field(max_length=10)] = []
+    countries: Annotated[list[Country], Field(max_length=300)] = []
+    must_include: Annotated[list[EntityId], Field(max_length=30)] = []
+    exclude: Annotated[list[EntityId], Field(max_length=10_000)] = []
+    alternatives: Annotated[int, Field(ge=1, le=5, strict=True)] = 3
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.challenge_id is None) == (self.text is None):
+            raise ValueError("give exactly one of challenge_id, text")
+        if len(self.must_include) > self.size:
+            raise ValueError("must_include names more organisations than size allows")
+        if len(self.required_types) > self.size:
+            raise ValueError("required_types has more groups than size allows")
+        return self
+
+
+class ConsortiumMember(BaseModel):
+    id: str
+    name: str
+    type: str
+    country: str | None = None
+    score: float
+    role: str
+    covers: list[str] = []
+    why: str
+
+
+class Consortium(BaseModel):
+    members: list[ConsortiumMember]
+    coverage: float
+    types: list[str]
+    countries: list[str]
+    missing_types: list[list[str]] = []
+
+
+class ConsortiumResponse(BaseModel):
+    challenge: dict | None = None
+    aspects: int
+    candidates: int
+    consortia: list[Consortium]

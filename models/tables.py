@@ -108,3 +108,30 @@ digest_messages = Table(
     Column("sent_at", DateTime(timezone=True)),
     sqlite_autoincrement=True,
 )
+
+# Batch-match jobs (issue 4): their state and their results live in the store, so they survive a restart.
+# A job worker holds a job while ``lease_until`` is in the future and renews it after every chunk.
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("status", String(16), nullable=False, index=True),  # queued | running | done | failed
+    Column("params", JSON, nullable=False),
+    Column("errors", JSON, nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("message", String(2000)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("lease_until", DateTime(timezone=True)),
+)
+
+# One row per finished query of a job: its result rows (or a problem), written with the job's progress.
+job_results = Table(
+    "job_results",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("line", Integer, primary_key=True, autoincrement=False),
+    Column("result", JSON, nullable=False),
+)

@@ -20,12 +20,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.json.sort_keys = False
     app.extensions["matcher.engine"] = engine or Engine(settings).open()
 
-    from service.api import entities, health, match, unsubscribe
+    from service.api import consortia, entities, health, jobs, match, unsubscribe
 
     app.register_blueprint(entities.make_blueprint(EntityKind.organisations))
     app.register_blueprint(entities.make_blueprint(EntityKind.challenges))
     app.register_blueprint(match.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(unsubscribe.bp)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(consortia.bp)
     register_error_handlers(app)
     return app

@@ -30,6 +30,22 @@ def _engine(app):
 def when_ready(server):
     # Load (never run) the model in the master so the workers share its pages.
     _engine(server.app.wsgi()).encoder
+    if _settings.job_runner:  # batch jobs run in their own process, outside the request workers
+        import subprocess
+        import sys
+
+        server.job_worker = subprocess.Popen([sys.executable, "-m", "matcher", "worker"])
+        server.log.info("job worker started: pid %s", server.job_worker.pid)
+
+
+def on_exit(server):
+    worker = getattr(server, "job_worker", None)
+    if worker is not None and worker.poll() is None:
+        worker.terminate()  # it hands its current job back to the queue
+        try:
+            worker.wait(timeout=30)
+        except Exception:
+            worker.kill()
 
 
 def post_fork(server, worker):

@@ -6,8 +6,12 @@ from functools import lru_cache
 from pydantic.json_schema import models_json_schema
 
 from models.schemas import (
+    BatchJobRequest,
     BatchMatchRequest,
     ChallengeIn,
+    ConsortiumRequest,
+    ConsortiumResponse,
+    Job,
     MatchRequest,
     MatchResponse,
     MAX_BULK_ITEMS,
@@ -97,11 +101,37 @@ def _entity_paths(kind: str, model: str, filters: list[dict]) -> dict:
     }
 
 
+def _issue4_paths() -> dict:
+    """Batch-match jobs and consortia."""
+    job_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+    row = {"type": "object", "properties": {c: {} for c in ("query_line", "query_id", "rank", "match_id", "match_name",
+                                                             "match_type", "match_country", "score", "explanation")}}
+    detail = {"type": "object", "properties": {"field": {"type": "string"}, "problem": {"type": "string"}}}
+    return {
+        "/v1/jobs/batch-match": {"post": {
+            "summary": "Queue a batch-match job (up to 10,000 queries); bad queries are listed in the job's errors",
+            "requestBody": {"required": True, **_json(_ref("BatchJobRequest"))},
+            "responses": {"202": {"description": "Queued; Location names the job", **_json(_ref("Job"))}, **_errors(400, 413)}}},
+        "/v1/jobs/{id}": {"parameters": [job_id], "get": {
+            "summary": "A job's status and progress",
+            "responses": {"200": {"description": "The job", **_json(_ref("Job"))}, **_errors(404)}}},
+        "/v1/jobs/{id}/result": {"parameters": [job_id], "get": {
+            "summary": "A finished job's rows, one per (query, match), in query order",
+            "responses": {"200": {"description": "Rows and per-query errors", **_json({"type": "object", "properties": {
+                "job": _ref("Job"), "rows": {"type": "array", "items": row}, "errors": {"type": "array", "items": detail}}})},
+                **_errors(404), "409": {"description": "The job has not finished", **_json(_ref("Error"))}}}},
+        "/v1/consortia": {"post": {
+            "summary": "Alternative consortia for a challenge (id or text) under size, type, country and member constraints",
+            "requestBody": {"required": True, **_json(_ref("ConsortiumRequest"))},
+            "responses": {"200": {"description": "Consortia, best first", **_json(_ref("ConsortiumResponse"))}, **_errors(400, 404)}}},
+    }
+
+
 @lru_cache(maxsize=1)
 def openapi_spec() -> dict:
     _, schemas = models_json_schema(
-        [(m, "validation") for m in (OrganisationIn, ChallengeIn, MatchRequest, BatchMatchRequest)]
-        + [(MatchResponse, "serialization")],
+        [(m, "validation") for m in (OrganisationIn, ChallengeIn, MatchRequest, BatchMatchRequest, BatchJobRequest, ConsortiumRequest)]
+        + [(m, "serialization") for m in (MatchResponse, Job, ConsortiumResponse)],
         ref_template=REF,
     )
     components = dict(schemas.get("$defs", {}))
@@ -131,6 +161,7 @@ def openapi_spec() -> dict:
                                                           "400": {"description": "Missing, tampered or expired token (a page for browsers)",
                                                                   **_json(_ref("Error"))}}}
                                    for method in ("get", "post")}}
+    paths.update(_issue4_paths())
     paths["/healthz"] = {"get": {"summary": "The process answers", "responses": {"200": {"description": "Alive"}}}}
     paths["/readyz"] = {"get": {"summary": "Model loaded and indexes in sync with the store",
                                 "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}}

@@ -1,0 +1,213 @@
+"""Consortium builder: for a challenge, a few alternative teams that together cover what it needs.
+
+1. The challenge's **aspects** are the sentences of its description and its needs, each weighted by how
+   central it is to the whole challenge (cosine with the challenge vector).
+2. **Candidates** are the engine's matches for the challenge (``Engine.match``), plus, for each required
+   type group, the best matches of those types, plus the must-include organisations.
+3. A member **covers** an aspect as well as its closest sentence (or its whole profile) does.
+4. **Greedy marginal gain**: repeatedly add the candidate that most raises
+   sum_aspects weight * best coverage in the team (a facility-location objective, submodular, so greedy is
+   within 1 - 1/e of the best) + RELEVANCE * its match score - REDUNDANCY * its similarity to the closest
+   member already chosen. A required type group still unmet when as many seats are left as unmet groups
+   restricts the next pick to organisations of those types.
+5. **Alternatives** leave out the members of earlier ones (except the must-include organisations).
+Each member gets a role (from its type) and why: the aspects it covers best in its team.
+"""
+from __future__ import annotations
+
+import numpy as np
+from pydantic import ValidationError
+
+from matcher.encoder import matrix_from_bytes
+from matcher.text import entity_text, split_sentences
+from models.enums import EntityKind
+from models.schemas import ConsortiumRequest, InvalidInput, MatchRequest, problems
+from models.store import NotFoundError
+
+RELEVANCE = 1.5  # chosen on the benchmark (bench/consortium.py): 0.5 found 107 real partners, 1.5 found 120 of 667
+REDUNDANCY = 0.3
+MAX_ASPECTS = 40
+ROLES = {
+    "university": "research and development",
+    "research_institute": "research and development",
+    "sme": "technology provider",
+    "startup": "technology provider",
+    "large_company": "industrial partner and scale-up",
+    "public_authority": "public end user and pilot site",
+    "non_profit": "community engagement and dissemination",
+    "citizen_group": "citizen engagement and co-creation",
+    "intermediary": "networking and exploitation",
+    "other": "partner",
+}
+
+
+def parse_request(body) -> ConsortiumRequest:
+    if not isinstance(body, dict):
+        raise InvalidInput([{"field": "body", "problem": "must be a JSON object"}])
+    try:
+        return ConsortiumRequest.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidInput(problems(exc)) from None
+
+
+def _aspects(engine, request: ConsortiumRequest, challenge: dict | None) -> tuple[list[str], np.ndarray]:
+    """The challenge's aspects (sentences and needs) and their vectors."""
+    encoder = engine.encoder
+    if challenge is not None:
+        index = engine.indexes[EntityKind.challenges]
+        num = index.num_of.get(challenge["id"])
+        stored = engine.store.sentence_vectors(EntityKind.challenges, [num]).get(num) if num is not None else None
+        if stored is not None and stored[2] == encoder.name:
+            sentences, vectors = stored[0], matrix_from_bytes(stored[1], encoder.dim).astype(np.float32)
+        else:
+            sentences = split_sentences(challenge["description"])[:MAX_ASPECTS]
+            vectors = encoder.encode_sentences(sentences) if sentences else np.zeros((0, encoder.dim), np.float32)
+        needs = challenge.get("needs") or []
+        if needs:
+            sentences, vectors = list(sentences) + list(needs), np.vstack([vectors, encoder.encode_sentences(needs)])
+    else:
+        sentences = split_sentences(request.text)[:MAX_ASPECTS] or [request.text]
+        vectors = encoder.encode_sentences(sentences)
+    vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+    return list(sentences), vectors
+
+
+def _challenge_vector(engine, request: ConsortiumRequest, challenge: dict | None) -> np.ndarray:
+    if challenge is None:
+        return engine.encoder.encode([request.text])[0]
+    index = engine.indexes[EntityKind.challenges]
+    num = index.num_of.get(challenge["id"])
+    return index.vector(num) if num is not None else engine.encoder.encode([entity_text(EntityKind.challenges, challenge)])[0]
+
+
+def _candidates(engine, request: ConsortiumRequest, query: dict) -> dict[str, dict]:
+    """id -> match (id, name, type, country, score) from the engine, for the team to be chosen from: the best
+    matches overall and the best of each required type group, in one ``match_many`` (the text is encoded once)."""
+    def body(k, types=()):
+        return MatchRequest.model_validate({"query": query, "k": k, "explain": False, "filters": {
+            "types": list(types), "countries": request.countries, "exclude_ids": request.exclude}})
+
+    requests = [body(min(100, max(40, request.size * 10)))] + [body(20, group) for group in request.required_types]
+    pool: dict[str, dict] = {}
+    for result in engine.match_many(requests):
+        for m in result["matches"]:
+            pool.setdefault(m["id"], m)
+    return pool
+
+
+def build(engine, request: ConsortiumRequest) -> dict:
+    """Alternative consortia for the request, best first."""
+    engine.sync()
+    challenge = None
+    if request.challenge_id is not None:
+        challenge = engine.store.get(EntityKind.challenges, request.challenge_id)
+        if challenge is None:
+            raise NotFoundError(EntityKind.challenges, request.challenge_id, field="challenge_id")
+        query = {"challenge_id": request.challenge_id}
+    else:
+        query = {"text": request.text}
+    orgs = engine.indexes[EntityKind.organisations]
+    details = [{"field": f"must_include[{i}]", "problem": f"no organisation with id '{o}'"}
+               for i, o in enumerate(request.must_include) if o not in orgs.num_of]
+    details += [{"field": f"must_include[{i}]", "problem": "is also in exclude"}
+                for i, o in enumerate(request.must_include) if o in request.exclude]
+    if details:
+        raise InvalidInput(details)
+
+    aspects, aspect_vectors = _aspects(engine, request, challenge)
+    query_vector = _challenge_vector(engine, request, challenge)
+    weights = np.clip(aspect_vectors @ query_vector, 0.05, None)
+    weights = weights / weights.sum()
+
+    pool = _candidates(engine, request, query)
+    for org_id in request.must_include:
+        if org_id not in pool:
+            meta = orgs.meta[orgs.num_of[org_id]]
+            pool[org_id] = {"id": org_id, "name": meta["name"], "type": meta.get("type"), "country": meta.get("country"),
+                            "score": round(float(np.clip(orgs.vector(orgs.num_of[org_id]) @ query_vector, 0, 1)), 4)}
+    ids = list(pool)
+    vectors = np.vstack([orgs.vector(orgs.num_of[i]) for i in ids])
+    coverage = np.clip(vectors @ aspect_vectors.T, 0, None)  # (candidates, aspects): the whole profile ...
+    sentence_rows = engine.store.sentence_vectors(EntityKind.organisations, [orgs.num_of[i] for i in ids])
+    for row, org_id in enumerate(ids):  # ... or its closest sentence, whichever covers an aspect better
+        entry = sentence_rows.get(orgs.num_of[org_id])
+        if entry is not None and entry[2] == engine.encoder.name and entry[0]:
+            sentence_vectors = matrix_from_bytes(entry[1], engine.encoder.dim).astype(np.float32)
+            coverage[row] = np.maximum(coverage[row], (sentence_vectors @ aspect_vectors.T).max(axis=0))
+    relevance = np.array([pool[i]["score"] for i in ids], np.float32)
+    similarity = vectors @ vectors.T
+
+    consortia, used = [], set()
+    for _ in range(request.alternatives):
+        allowed = [r for r, i in enumerate(ids) if i not in used or i in request.must_include]
+        team = _greedy(request, ids, pool, allowed, coverage, weights, relevance, similarity)
+        if not team or (consortia and all(ids[r] in request.must_include for r in team)):
+            break
+        consortia.append(_describe(request, ids, pool, team, coverage, weights, aspects))
+        used.update(ids[r] for r in team)
+    return {"challenge": {"id": challenge["id"], "title": challenge["title"]} if challenge else None,
+            "aspects": len(aspects), "candidates": len(ids), "consortia": consortia}
+
+
+def _groups_met(request, types: list[str]) -> list[bool]:
+    return [any(t in group for t in types) for group in request.required_types]
+
+
+def _greedy(request, ids, pool, allowed, coverage, weights, relevance, similarity) -> list[int]:
+    team = [ids.index(o) for o in request.must_include]
+    best = coverage[team].max(axis=0) if team else np.zeros(coverage.shape[1], np.float32)
+    while len(team) < request.size:
+        met = _groups_met(request, [pool[ids[r]]["type"] for r in team])
+        unmet = [g for g, ok in zip(request.required_types, met) if not ok]
+        seats = request.size - len(team)
+        choices = [r for r in allowed if r not in team]
+        if unmet and seats <= len(unmet):  # the last seats go to the required types still missing, if any is left
+            choices = [r for r in choices if any(pool[ids[r]]["type"] in g for g in unmet)] or choices
+        if not choices:
+            break
+        rows = np.array(choices)
+        gain = (np.clip(coverage[rows] - best, 0, None) * weights).sum(axis=1) + RELEVANCE * relevance[rows]
+        if team:
+            gain -= REDUNDANCY * similarity[np.ix_(rows, team)].max(axis=1)
+        pick = int(rows[int(np.argmax(gain))])
+        team.append(pick)
+        best = np.maximum(best, coverage[pick])
+    return team
+
+
+def _describe(request, ids, pool, team, coverage, weights, aspects) -> dict:
+    team_cov = coverage[team]
+    best_member = team_cov.argmax(axis=0)  # which member covers each aspect best
+    covered = float((team_cov.max(axis=0) * weights).sum())
+    coordinator = max(team, key=lambda r: pool[ids[r]]["score"])
+    types = [pool[ids[r]]["type"] for r in team]
+    members = []
+    for pos, r in enumerate(team):
+        m = pool[ids[r]]
+        own = [a for a in np.argsort(-(team_cov[pos] * weights)) if best_member[a] == pos][:2]
+        covers = [_short(aspects[a]) for a in own]
+        role = ROLES.get(m["type"], "partner")
+        if r == coordinator:
+            role = f"coordinator; {role}"
+        why = [f"match score {m['score']:.2f} for the challenge"]
+        if covers:
+            why.append("covers best in this team: " + "; ".join(f"'{c}' ({team_cov[pos, a]:.2f})" for c, a in zip(covers, own)))
+        met = [", ".join(g) for g in request.required_types if m["type"] in g]
+        if met:
+            why.append(f"fills the required type {met[0].replace('_', ' ')}")
+        if m["id"] in request.must_include:
+            why.append("must be included")
+        members.append({"id": m["id"], "name": m["name"], "type": m["type"], "country": m.get("country"),
+                        "score": m["score"], "role": role, "covers": covers, "why": "; ".join(why) + "."})
+    return {
+        "members": members,
+        "coverage": round(covered, 4),
+        "types": sorted(set(types)),
+        "countries": sorted({m["country"] for m in members if m.get("country")}),
+        "missing_types": [group for group, ok in zip(request.required_types, _groups_met(request, types)) if not ok],
+    }
+
+
+def _short(text: str, limit: int = 140) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"

@@ -1,0 +1,101 @@
+"""Batch-match jobs: created by the API, run by a worker process outside the request workers.
+
+``submit`` validates a job's queries (the bad ones are kept as the job's errors, by position) and queues it
+in the store. ``JobWorker`` (``python -m matcher worker``, which gunicorn's master starts by default) claims
+queued jobs, matches them a chunk at a time with ``Engine.match_many`` and stores each chunk's results with
+the job's progress. A worker that is killed loses at most the chunk in flight: its lease runs out
+(MATCHER_JOB_LEASE_S) and the next worker resumes the job where the stored results end.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+from pydantic import ValidationError
+
+from matcher.batch import CHUNK, COLUMNS, match_chunk, plan
+from models.jobs import JobStore
+from models.schemas import BatchJobRequest, InvalidInput, MatchRequest, problems
+
+log = logging.getLogger(__name__)
+BATCH_MATCH = "batch-match"
+
+
+def submit(engine, body) -> dict:
+    """Validate a batch-match job and queue it; 400 (InvalidInput) when the request or every query is bad."""
+    if not isinstance(body, dict):
+        raise InvalidInput([{"field": "body", "problem": "must be a JSON object"}])
+    try:
+        request = BatchJobRequest.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidInput(problems(exc)) from None
+    filters = request.filters.model_dump(mode="json")
+    batch = plan(enumerate(request.queries, start=1), engine.store, target=request.target, k=request.k,
+                 filters=filters, explain=request.explain)
+    errors = [{"field": f"queries[{e.line - 1}]" + ("." + e.problem.split(":", 1)[0] if ":" in e.problem else ""),
+               "problem": e.problem.split(":", 1)[-1].strip()} for e in batch.errors]
+    if not batch.items:
+        raise InvalidInput(errors, "no query in this job is valid")
+    params = {"target": request.target, "k": request.k, "filters": filters, "explain": request.explain,
+              "items": [{"line": i.line, "query_id": i.query_id, "request": i.request.model_dump(mode="json")} for i in batch.items]}
+    return JobStore(engine.store).create(BATCH_MATCH, params, len(batch.items), errors)
+
+
+def result(engine, job_id: str) -> dict | None:
+    """A finished job's rows (query_line is the query's 1-based position), or None if there is no such job."""
+    jobs = JobStore(engine.store)
+    job = jobs.get(job_id)
+    if job is None:
+        return None
+    rows, errors = [], list(job["errors"])
+    for line, res in jobs.results(job_id):
+        if isinstance(res, str):
+            errors.append({"field": f"queries[{line - 1}]", "problem": res})
+        else:
+            rows.extend(dict(zip(COLUMNS, r)) for r in res)
+    return {"job": job, "rows": rows, "errors": errors}
+
+
+class JobWorker:
+    """Claims and runs queued jobs until told to stop (SIGTERM/SIGINT hand the current job back)."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.jobs = JobStore(engine.store)
+        self.stopping = False
+
+    def _stop(self, *_):
+        self.stopping = True
+
+    def run_forever(self, once: bool = False) -> None:
+        self.engine.ensure_ready()
+        if not once:
+            signal.signal(signal.SIGTERM, self._stop)
+            signal.signal(signal.SIGINT, self._stop)
+        log.info("job worker ready")
+        while not self.stopping:
+            job = self.jobs.claim(self.engine.settings.job_lease_s)
+            if job is None:
+                if once:
+                    return
+                time.sleep(self.engine.settings.job_poll_s)
+                continue
+            self.run(job["id"])
+
+    def run(self, job_id: str) -> None:
+        settings = self.engine.settings
+        try:
+            params = self.jobs.params(job_id)
+            done = self.jobs.done_lines(job_id)
+            todo = [(i["line"], i["query_id"], MatchRequest.model_validate(i["request"])) for i in params["items"] if i["line"] not in done]
+            log.info("job %s: %d of %d queries to match", job_id, len(todo), len(params["items"]))
+            for start in range(0, len(todo), CHUNK):
+                if self.stopping:
+                    self.jobs.release(job_id)
+                    return
+                self.jobs.add_results(job_id, match_chunk(self.engine, todo[start : start + CHUNK]), settings.job_lease_s)
+            self.jobs.finish(job_id, "done")
+        except Exception as exc:  # a job that cannot run is marked failed, and the worker goes on
+            log.exception("job %s failed", job_id)
+            self.jobs.finish(job_id, "failed", f"{exc.__class__.__name__}: {exc}"[:2000])

@@ -1,0 +1,42 @@
+"""/v1/jobs: batch-match jobs. POST queues one (202), GET reports status and progress, /result the rows.
+
+The jobs run in a separate worker process (``python -m matcher worker``; gunicorn's master starts one
+unless MATCHER_JOB_RUNNER=0), never in the request workers.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, url_for
+
+from matcher import jobs
+from models.jobs import JobStore
+from service.api import engine, json_body
+from service.errors import error_response
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+
+def _not_found(job_id: str):
+    return error_response(404, "not_found", f"no job with id '{job_id}'", [{"field": "id", "problem": "unknown job id"}])
+
+
+@bp.post("/batch-match")
+def create_batch_match():
+    job = jobs.submit(engine(), json_body())
+    return job, 202, {"Location": url_for("jobs.read", job_id=job["id"])}
+
+
+@bp.get("/<job_id>")
+def read(job_id):
+    job = JobStore(engine().store).get(job_id)
+    return job if job is not None else _not_found(job_id)
+
+
+@bp.get("/<job_id>/result")
+def result(job_id):
+    job = JobStore(engine().store).get(job_id)
+    if job is None:
+        return _not_found(job_id)
+    if job["status"] != "done":
+        return error_response(409, "not_finished", f"job '{job_id}' is {job['status']}; its result is not ready",
+                              [{"field": "id", "problem": f"status is {job['status']}"}])
+    return jobs.result(engine(), job_id)

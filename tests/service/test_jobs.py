@@ -1,0 +1,151 @@
+"""Batch-match jobs: validation, the worker, a worker that dies part-way, and a real gunicorn restart."""
+import datetime as dt
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+from sqlalchemy import update
+
+from matcher.jobs import JobWorker
+from models.enums import EntityKind
+from models.jobs import JobStore
+from models.tables import jobs as jobs_table
+from tests.conftest import ORGS, ROOT
+from tests.service.test_gunicorn import BIN, free_port
+
+
+@pytest.fixture
+def stocked(engine):
+    engine.upsert_many(EntityKind.organisations, ORGS)
+    return engine
+
+
+def test_job_lifecycle_in_process(client, stocked):
+    body = {"queries": [{"text": "controllers that balance solar peaks in microgrids"}, {"organisation_id": "aquasense"}, {"organisation_id": "nobody"},
+                        {"txt": "typo"}], "k": 3}
+    r = client.post("/v1/jobs/batch-match", json=body)
+    assert r.status_code == 202, r.get_json()
+    job = r.get_json()
+    assert r.headers["Location"] == f"/v1/jobs/{job['id']}"
+    assert job["status"] == "queued" and job["progress"] == {"done": 0, "total": 2, "fraction": 0.0}
+    assert [e["field"] for e in job["errors"]] == ["queries[2].organisation_id", "queries[3].text"]
+    early = client.get(f"/v1/jobs/{job['id']}/result")
+    assert early.status_code == 409 and early.get_json()["error"]["code"] == "not_finished"
+    JobWorker(stocked).run_forever(once=True)
+    status = client.get(f"/v1/jobs/{job['id']}").get_json()
+    assert status["status"] == "done" and status["progress"]["done"] == 2
+    result = client.get(f"/v1/jobs/{job['id']}/result").get_json()
+    assert [(row["query_line"], row["rank"]) for row in result["rows"]] == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
+    assert result["rows"][0]["match_id"] == "voltgrid" and result["rows"][0]["explanation"]
+    assert len(result["errors"]) == 2
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"queries": []}, "queries"),
+    ({"queries": [{"text": "x"}], "k": 0}, "k"),
+    ({"queries": [{"text": "x"}], "target": "people"}, "target"),
+    ({"queries": [{"text": "x"}], "colour": "red"}, "colour"),
+    ({"queries": [{"organisation_id": "nobody"}]}, "queries[0].organisation_id"),
+    ([1, 2], "body"),
+])
+def test_bad_job_requests_are_400_naming_the_field(client, stocked, body, field):
+    r = client.post("/v1/jobs/batch-match", json=body)
+    assert r.status_code == 400
+    assert field in [d["field"] for d in r.get_json()["error"]["details"]]
+
+
+def test_unknown_job_is_404(client):
+    for path in ("/v1/jobs/job-nope", "/v1/jobs/job-nope/result"):
+        r = client.get(path)
+        assert r.status_code == 404 and r.get_json()["error"]["details"][0]["field"] == "id"
+
+
+def test_a_job_whose_worker_died_is_resumed_by_another(client, stocked):
+    queries = [{"text": f"{o['description']} Case {i}."} for i in range(5) for o in ORGS]  # 35 queries, 3 chunks
+    job_id = client.post("/v1/jobs/batch-match", json={"queries": queries, "k": 2}).get_json()["id"]
+    store = JobStore(stocked.store)
+    first = JobWorker(stocked)
+    claimed = store.claim(lease_s=600)
+    assert claimed["id"] == job_id and store.claim(lease_s=600) is None  # held: nobody else takes it
+    real = first.engine.match_many
+    calls = []
+
+    def dies_after_one_chunk(requests_):
+        if calls:
+            raise SystemExit("killed")
+        calls.append(1)
+        return real(requests_)
+
+    first.engine.match_many = dies_after_one_chunk
+    with pytest.raises(SystemExit):
+        first.run(job_id)
+    first.engine.match_many = real
+    assert store.get(job_id)["status"] == "running" and store.get(job_id)["progress"]["done"] == 16
+    with stocked.store.engine.begin() as conn:  # its lease runs out
+        conn.execute(update(jobs_table).values(lease_until=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)))
+    JobWorker(stocked).run_forever(once=True)
+    job = store.get(job_id)
+    assert job["status"] == "done" and job["progress"]["done"] == 35
+    rows = client.get(f"/v1/jobs/{job_id}/result").get_json()["rows"]
+    assert len(rows) == 70 and len({(r["query_line"], r["rank"]) for r in rows}) == 70
+
+
+def _gunicorn(data, port, job_runner: str):
+    env = {**os.environ, "MATCHER_DATA_DIR": str(data), "MATCHER_PORT": str(port), "MATCHER_WORKERS": "1",
+           "MATCHER_LOAD_DEMO": "0", "MATCHER_JOB_RUNNER": job_runner, "MATCHER_JOB_POLL_S": "0.2", "HF_HUB_OFFLINE": "1"}
+    env.pop("MATCHER_DB_URL", None)
+    log = open(data / f"gunicorn-{job_runner}.log", "w+")
+    proc = subprocess.Popen([os.path.join(BIN, "gunicorn"), "-c", "service/gunicorn_conf.py", "service:create_app()"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while True:
+        assert proc.poll() is None, open(log.name).read()
+        try:
+            if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return proc, base, log
+        except requests.RequestException:
+            pass
+        assert time.time() < deadline, "gunicorn did not become ready"
+        time.sleep(0.3)
+
+
+def _stop(proc, log):
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
+def test_job_survives_a_restart_and_runs_in_the_masters_job_worker(tmp_path):
+    """Queued while no job worker runs; gunicorn restarts with its job worker, which finishes the job."""
+    data = tmp_path / "data"
+    data.mkdir()
+    port = free_port()
+    proc, base, log = _gunicorn(data, port, job_runner="0")
+    try:
+        assert requests.post(f"{base}/v1/organisations/bulk", json={"items": ORGS}, timeout=120).status_code == 200
+        r = requests.post(f"{base}/v1/jobs/batch-match", json={"queries": [{"text": "leak sensors"}, {"id": "lumen"}], "k": 2},
+                          timeout=60)
+        assert r.status_code == 202
+        job_id = r.json()["id"]
+        time.sleep(1)
+        assert requests.get(f"{base}/v1/jobs/{job_id}", timeout=30).json()["status"] == "queued"  # no request worker ran it
+    finally:
+        _stop(proc, log)
+    proc, base, log = _gunicorn(data, port, job_runner="1")
+    try:
+        deadline = time.time() + 120
+        while (job := requests.get(f"{base}/v1/jobs/{job_id}", timeout=30).json())["status"] != "done":
+            assert job["status"] in ("queued", "running") and time.time() < deadline, job
+            time.sleep(0.3)
+        result = requests.get(f"{base}/v1/jobs/{job_id}/result", timeout=30).json()
+        assert [r["match_id"] for r in result["rows"]][:1] == ["aquasense"] and len(result["rows"]) == 4
+        assert "job worker started" in open(log.name).read()
+    finally:
+        _stop(proc, log)
