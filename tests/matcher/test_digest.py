@@ -174,7 +174,7 @@ def test_digests_arrive_complete_and_a_second_run_sends_nothing(mail_engine, mai
                 assert names[item["id"]].replace("'", "&#39;" if body is html else "'") in body
                 assert url in body
             assert mail_client.get(f"/v1/{item['kind']}/{item['id']}").status_code == 200  # the link names a stored entity
-        assert re.search(r"(Very close match|Close match|Related|Loosely related) \(0\.\d\d\)", text)
+        assert re.search(r"(Very strong match|Strong match|Good match|Possible match|Weak match) \(0\.\d\d\)", text)
         assert unsubscribe in text and unsubscribe.replace("&", "&amp;") in html
     # The score in words and a one-line reason per item
     assert "It needs what you offer: 'battery management systems', 'microgrid control'" in \
