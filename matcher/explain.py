@@ -1,6 +1,8 @@
 """Explanations a person can read, built from the signals that ranked a match.
 
+- each signal group's share of the ranker's score (``signals``),
 - the sentence of the matched profile closest to the query (cosine similarity of their embeddings),
+- the past projects closest to the query, and the strong matches the organisation has worked with,
 - key terms that the query and the match share,
 - the sectors they share,
 - what the match offers of what the query needs (organisation or challenge queries),

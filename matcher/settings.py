@@ -47,7 +47,7 @@ class Settings:
     smtp_timeout: float = 30.0  # MATCHER_SMTP_TIMEOUT: seconds
     mail_from: str = "Partner matching <digest@localhost>"  # MATCHER_MAIL_FROM
     digest_items: int = 3  # MATCHER_DIGEST_ITEMS: at most this many challenges and this many partners per digest
-    digest_min_score: float = 0.10  # MATCHER_DIGEST_MIN_SCORE: weaker matches ("possible" or "weak") are never mailed
+    digest_min_score: float = 0.05  # MATCHER_DIGEST_MIN_SCORE: weaker matches are never mailed
     digest_batch: int = 50  # MATCHER_DIGEST_BATCH: messages per SMTP connection
     digest_rate: float = 5.0  # MATCHER_DIGEST_RATE: at most this many messages per second
     digest_retries: int = 3  # MATCHER_DIGEST_RETRIES: tries after a temporary (4xx) failure
@@ -89,7 +89,7 @@ class Settings:
             smtp_timeout=float(_env("MATCHER_SMTP_TIMEOUT", "30")),
             mail_from=_env("MATCHER_MAIL_FROM", "Partner matching <digest@localhost>"),
             digest_items=int(_env("MATCHER_DIGEST_ITEMS", "3")),
-            digest_min_score=float(_env("MATCHER_DIGEST_MIN_SCORE", "0.10")),
+            digest_min_score=float(_env("MATCHER_DIGEST_MIN_SCORE", "0.05")),
             digest_batch=int(_env("MATCHER_DIGEST_BATCH", "50")),
             digest_rate=float(_env("MATCHER_DIGEST_RATE", "5")),
             digest_retries=int(_env("MATCHER_DIGEST_RETRIES", "3")),

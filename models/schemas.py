@@ -252,15 +252,27 @@ class BatchMatchRequest(_Strict):
     requests: Annotated[list[MatchRequest], Field(min_length=1, max_length=MAX_BATCH_REQUESTS)]
 
 
+class RelatedProject(BaseModel):
+    title: str
+    year: int | None = None
+    role: str | None = None
+    similarity: float | None = None  # cosine of the query with the profile sentence naming the project
+
+
 class Explanation(BaseModel):
     """Why a match was made, from the signals that ranked it."""
 
     summary: str
+    # Each signal group's share of the score (log-odds against an average candidate), largest first:
+    # meaning, key_terms, track_record, worked_with_matches, type_fit.
+    signals: dict[str, float] = {}
     closest_sentence: str | None = None
     closest_sentence_similarity: float | None = None
     shared_terms: list[str] = []
     shared_sectors: list[str] = []
     offers_for_needs: list[str] = []
+    related_projects: list[RelatedProject] = []
+    worked_with: list[str] = []  # strong matches for the same query that this organisation has worked with
     type_fit: str | None = None
 
 
