@@ -494,10 +494,10 @@ class Engine:
             shared = explain.shared_terms(query_terms, profile_terms_text(doc))
             query_sectors = {s.lower() for s in (query_doc or {}).get("sectors", [])}
             sectors = [s for s in doc.get("sectors", []) if s.lower() in query_sectors]
-            offers, type_fit, preferred = self._fit(request, query_doc, query_kind, target, doc)
+            offers, type_fit = self._fit(request, query_doc, query_kind, target, doc)
             projects = explain.related_projects(vector, query_terms, doc.get("past_projects") or [], sentences, vectors)
             worked_with = [meta[n]["name"] for n in r.linked[:3] if n in meta]
-            signals = explain.signals(r.contributions, self.ranker.preferred_type_bonus if preferred else 0.0)
+            signals = explain.signals(r.contributions)
             out[r.num] = {
                 "summary": explain.summary(r.score, signals=signals, shared=shared, sectors=sectors, offers=offers,
                                            type_fit=type_fit, projects=projects, worked_with=worked_with),
@@ -514,11 +514,10 @@ class Engine:
         return out
 
     @staticmethod
-    def _fit(request, query_doc, query_kind, target, doc) -> tuple[list[str], str | None, bool]:
-        """What one side offers of what the other needs, whether the organisation type is wanted (in words),
-        and whether it is one the challenge prefers."""
+    def _fit(request, query_doc, query_kind, target, doc) -> tuple[list[str], str | None]:
+        """What one side offers of what the other needs, and whether the organisation type is wanted (in words)."""
         if query_doc is None:  # free text: the offers that speak to it
-            return explain.phrase_overlap([request.query.text], doc.get("offers", [])), None, False
+            return explain.phrase_overlap([request.query.text], doc.get("offers", [])), None
         if target is EntityKind.organisations:
             offers = explain.phrase_overlap(query_doc.get("needs", []), doc.get("offers", []))
             preferred = query_doc.get("preferred_partner_types") or [] if query_kind is EntityKind.challenges else []
@@ -535,4 +534,4 @@ class Engine:
                 if org_type in preferred
                 else f"the challenge prefers {', '.join(explain.type_label(p) for p in preferred)}, not {explain.article(label)} {label}"
             )
-        return offers, type_fit, bool(preferred and org_type in preferred)
+        return offers, type_fit

@@ -87,6 +87,7 @@ SIGNAL_GROUPS = {
     "key_terms": ("bm25",),
     "track_record": ("projects", "coordinated", "partners", "years_since"),
     "worked_with_matches": ("linked_seeds",),
+    "type_fit": ("type_fit",),  # the fixed bonus for a partner type the challenge prefers
 }
 _SIGNAL_WORDS = {
     "meaning": "close in meaning to the query",
@@ -97,15 +98,13 @@ _SIGNAL_WORDS = {
 }
 
 
-def signals(contributions: dict[str, float], type_bonus: float = 0.0) -> dict[str, float]:
+def signals(contributions: dict[str, float]) -> dict[str, float]:
     """Each signal group's share of the ranking score (log-odds against an average candidate), largest first."""
     groups = {
         name: sum(contributions.get(f, 0.0) for f in features)
         for name, features in SIGNAL_GROUPS.items()
         if any(f in contributions for f in features)
     }
-    if type_bonus:
-        groups["type_fit"] = type_bonus
     return {k: round(v, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
 
 

@@ -36,7 +36,7 @@ class Ranked:
     num: int
     score: float  # calibrated, in [0, 1]
     features: dict[str, float]
-    contributions: dict[str, float]  # each signal's share of the logit, for explanations
+    contributions: dict[str, float]  # each signal's share of the logit (and "type_fit", the bonus), for explanations
     linked: list[int]  # seeds (strong text matches) this organisation has worked with
 
 
@@ -125,9 +125,11 @@ def rank(
         return []
     model = ranker.full if found.use_records else ranker.text
     contributions = model.contributions(found.X)
-    logits = model.intercept + contributions.sum(axis=1)
+    names = list(model.features)
     if type_fit is not None:  # the challenge says which organisation types it wants
-        logits = logits + np.array([ranker.preferred_type_bonus if type_fit(n) else 0.0 for n in found.nums])
+        bonus = np.array([[ranker.preferred_type_bonus if type_fit(n) else 0.0] for n in found.nums])
+        contributions, names = np.hstack([contributions, bonus]), names + ["type_fit"]
+    logits = model.intercept + contributions.sum(axis=1)
     scores = sigmoid(logits)
     order = np.lexsort((np.array(found.nums), -logits))[:k]  # ties broken by num: deterministic
     out = []
@@ -142,7 +144,7 @@ def rank(
                 num=num,
                 score=float(scores[i]),
                 features={f: float(found.X[i, j]) for j, f in enumerate(FEATURES)},
-                contributions={f: float(c) for f, c in zip(model.features, contributions[i])},
+                contributions={f: float(c) for f, c in zip(names, contributions[i]) if f != "type_fit" or c},
                 linked=linked,
             )
         )
