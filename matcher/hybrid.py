@@ -40,6 +40,15 @@ class Ranked:
     linked: list[int]  # seeds (strong text matches) this organisation has worked with
 
 
+def reciprocal_rank_fusion(rankings: list[list], k: int = _RRF_K) -> list:
+    """Items of several best-first rankings, best fused first (score: sum of 1 / (k + rank)); ties by item."""
+    fused: dict = {}
+    for ranking in rankings:
+        for position, item in enumerate(ranking):
+            fused[item] = fused.get(item, 0.0) + 1.0 / (k + position + 1)
+    return sorted(fused, key=lambda item: (-fused[item], item))
+
+
 def _top(nums: np.ndarray, scores: np.ndarray, n: int) -> list[int]:
     if len(nums) == 0:
         return []
@@ -62,7 +71,7 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     """Candidates passing the filter, from the three retrievers, with every ranking signal."""
     index = corpus.vectors
     allowed = index.allowed(flt)
-    dense_hits = index.search(query_vector[None, :], depth, flt)[0]
+    dense_hits = index.search(query_vector[None, :], depth, allowed=allowed)[0]
     nums, bm25 = corpus.lexical.scores(query_text)
     if allowed is not None:
         mask = np.isin(nums, allowed)
@@ -71,11 +80,7 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     bm25_of = dict(zip(nums.tolist(), bm25.tolist())) if len(nums) else {}
 
     # Seeds: the strongest text matches by reciprocal rank fusion of the two retrievers.
-    fused: dict[int, float] = {}
-    for ranking in ([n for n, _ in dense_hits], lexical_top):
-        for position, num in enumerate(ranking):
-            fused[num] = fused.get(num, 0.0) + 1.0 / (_RRF_K + position + 1)
-    seeds = sorted(fused, key=lambda n: (-fused[n], n))[:n_seeds]
+    seeds = reciprocal_rank_fusion([[n for n, _ in dense_hits], lexical_top])[:n_seeds]
 
     records = corpus.records
     use_records = records is not None and records.any_known()

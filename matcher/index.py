@@ -97,10 +97,13 @@ class VectorIndex:
             keep.append(num)
         return np.asarray(keep, dtype=np.int64)
 
-    def search(self, queries: np.ndarray, k: int, flt: Filter | None = None) -> list[list[tuple[int, float]]]:
-        """Best k (num, inner product) per query row, best first, only rows passing the filter."""
+    def search(self, queries: np.ndarray, k: int, flt: Filter | None = None, *,
+               allowed: np.ndarray | None = None) -> list[list[tuple[int, float]]]:
+        """Best k (num, inner product) per query row, best first, only rows passing the filter
+        (or, when the caller has it already, only the ``allowed`` nums that ``allowed(filter)`` gave)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
-        allowed = self.allowed(flt) if flt is not None else None
+        if flt is not None:
+            allowed = self.allowed(flt)
         if allowed is not None and len(allowed) == 0 or len(self) == 0:
             return [[] for _ in range(len(queries))]
         k = min(k, len(self) if allowed is None else len(allowed))
