@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from matcher.hybrid import reciprocal_rank_fusion
 from matcher.index import Filter
 from matcher.lexical import LexicalIndex
 from matcher.settings import Settings
@@ -78,15 +79,17 @@ def sample_pool(pool: list[dict], queries: list[dict], size: int, seed: int = 7)
 
 def open_pool_engine(pool_path: Path, pool: list[dict] | None = None, settings: Settings | None = None,
                      progress: bool = True):
-    """An engine over a store holding exactly the pool; imported (and embedded) only when the pool changed."""
+    """An engine over a store holding exactly the pool: the whole file, or ``pool`` (a sample of it, stored apart);
+    imported (and embedded) only when the pool changed."""
     from matcher.engine import Engine
     from matcher.records import import_file
 
     settings = settings or Settings.from_env()
-    pool = pool if pool is not None else read_jsonl(pool_path)
+    sample = pool is not None
+    pool = pool if sample else read_jsonl(pool_path)
     digest = hashlib.sha256("\n".join(json.dumps(p, sort_keys=True) for p in pool).encode()).hexdigest()
     name = Path(pool_path).name.split(".")[0]
-    data_dir = settings.data_dir / "eval" / (name if len(pool) == _count_lines(pool_path) else f"{name}-{digest[:10]}")
+    data_dir = settings.data_dir / "eval" / (f"{name}-{digest[:10]}" if sample else name)
     eval_settings = dataclasses.replace(settings, data_dir=data_dir, db_url=f"sqlite:///{data_dir / 'matcher.db'}")
     data_dir.mkdir(parents=True, exist_ok=True)
     engine = Engine(eval_settings).open()
@@ -108,12 +111,6 @@ def open_pool_engine(pool_path: Path, pool: list[dict] | None = None, settings: 
         marker.write_text(digest + "\n")
     engine.load_indexes()
     return engine
-
-
-def _count_lines(path: Path) -> int:
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        return sum(1 for line in fh if line.strip())
 
 
 def query_vectors(engine, texts: list[str], progress: bool = True) -> dict[str, np.ndarray]:
@@ -177,12 +174,7 @@ class Baselines:
         if name == "dense":
             return dense_ids
         if name == "hybrid_rrf":
-            lexical = self.rank("bm25", text, vector, types)
-            fused: dict[str, float] = {}
-            for ranking in (dense_ids, lexical):
-                for position, entity_id in enumerate(ranking):
-                    fused[entity_id] = fused.get(entity_id, 0.0) + 1.0 / (60 + position + 1)
-            return sorted(fused, key=lambda i: (-fused[i], i))[:CUTOFF]
+            return reciprocal_rank_fusion([dense_ids, self.rank("bm25", text, vector, types)])[:CUTOFF]
         raise ValueError(name)
 
 
@@ -315,9 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
     queries = read_jsonl(Path(args.queries))[: args.limit]
-    pool = read_jsonl(Path(args.pool))
-    if args.pool_sample:
-        pool = sample_pool(pool, queries, args.pool_sample)
+    pool = sample_pool(read_jsonl(Path(args.pool)), queries, args.pool_sample) if args.pool_sample else None
     engine = open_pool_engine(Path(args.pool), pool, progress=not args.quiet)
     result = evaluate(engine, queries, progress=not args.quiet)
     print(f"{result['queries']} queries, pool of {result['pool']} organisations, model {result['model']}, "
