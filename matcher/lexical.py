@@ -33,7 +33,6 @@ class LexicalIndex:
         self._lock = threading.Lock()
         self._matrix: sp.csc_matrix | None = None  # rows in the order of self.nums
         self.nums = np.zeros(0, np.int64)
-        self._position: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -62,7 +61,7 @@ class LexicalIndex:
             nums = np.fromiter(self._rows, np.int64, len(self._rows))
             n, width = len(nums), max(len(self.vocab), 1)
             if n == 0:
-                self.nums, self._position = nums, {}
+                self.nums = nums
                 self._matrix = sp.csc_matrix((0, width), dtype=np.float32)
                 return self._matrix
             parts = [self._rows[int(num)] for num in nums]
@@ -76,7 +75,7 @@ class LexicalIndex:
             idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
             weight = idf[cols] * tf * (self.k1 + 1) / (tf + self.k1 * (1 - self.b + self.b * doc_len[rows] / avg))
             self._matrix = sp.csr_matrix((weight.astype(np.float32), (rows, cols)), shape=(n, width)).tocsc()
-            self.nums, self._position = nums, {int(num): i for i, num in enumerate(nums)}
+            self.nums = nums
             return self._matrix
 
     def scores(self, text: str) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +87,3 @@ class LexicalIndex:
         ids = np.fromiter((self.vocab[t] for t in counts), np.int64, len(counts))
         weights = np.log1p(np.fromiter(counts.values(), np.float32, len(counts)))
         return self.nums, np.asarray(matrix[:, ids] @ weights).ravel()
-
-    def position(self, num: int) -> int | None:
-        self._build()
-        return self._position.get(int(num))

@@ -64,6 +64,7 @@ class TrackRecords:
         self._order: dict[int, int] = {}
         self._nums = np.zeros(0, np.int64)
         self.newest_year: int | None = None
+        self._any_known = False
 
     def __len__(self) -> int:
         return len(self._records)
@@ -109,11 +110,10 @@ class TrackRecords:
                     del self._num_of[entity_id]
             self._graph = None
 
-    def get(self, num: int) -> Record | None:
-        return self._records.get(int(num))
-
     def any_known(self) -> bool:
-        return any(r.known for r in self._records.values())
+        """Whether any stored organisation has a track record (else ranking uses text signals only)."""
+        self._build()
+        return self._any_known
 
     def _build(self) -> tuple[sp.csr_matrix, dict[int, int]]:
         """Symmetric counts of shared projects between stored organisations (either side may list them)."""
@@ -133,6 +133,7 @@ class TrackRecords:
             keep = alive & (position != rows)
             graph = sp.csr_matrix((vals[keep], (rows[keep], position[keep])), shape=(n, n))
             graph = graph.maximum(graph.T).tocsr()  # a project listed by one side only still links both
+            self._any_known = any(r.known for r in self._records.values())
             years = [r.last_year for r in self._records.values() if r.last_year]
             self.newest_year = max(years) if years else None
             self._linked = (graph > 0).astype(np.float32).tocsr()
