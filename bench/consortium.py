@@ -15,8 +15,6 @@ embedded once and cached in bench/out/consortium/ (gitignored), so reruns take a
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import random
 import statistics
@@ -34,12 +32,9 @@ OUT = ROOT / "bench" / "out" / "consortium"
 ORG_FIELDS = ("id", "name", "type", "country", "city", "description", "past_projects")
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh]
-
-
 def select(args):
+    from matcher.evaluation import read_jsonl
+
     rng = random.Random(args.seed)
     pool = {row["id"]: row for row in read_jsonl(DATA / "pool.jsonl.gz")}
     topics = [q for q in read_jsonl(DATA / "dev_queries.jsonl.gz") if 3 <= len([r for r in q["relevant"] if r in pool]) <= 30]
