@@ -22,37 +22,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def service_env(data, port, **settings) -> dict:
+    """The environment of a service on its own data dir and port (MATCHER_* settings given by name)."""
+    env = {**os.environ, "MATCHER_DATA_DIR": str(data), "MATCHER_PORT": str(port), "MATCHER_LOAD_DEMO": "0",
+           "HF_HUB_OFFLINE": "1", **{f"MATCHER_{k.upper()}": str(v) for k, v in settings.items()}}
+    env.pop("MATCHER_DB_URL", None)
+    return env
+
+
+def start_gunicorn(env: dict, log_path):
+    """gunicorn as `make run` starts it, once /readyz answers 200: (process, base URL, log file)."""
+    log = open(log_path, "w+")
+    proc = subprocess.Popen([os.path.join(BIN, "gunicorn"), "-c", "service/gunicorn_conf.py", "service:create_app()"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{env['MATCHER_PORT']}"
+    deadline = time.time() + 180
+    while True:
+        assert proc.poll() is None, open(log_path).read()
+        try:
+            if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
+                return proc, base, log
+        except requests.RequestException:  # not listening yet, or queued while the workers boot
+            pass
+        assert time.time() < deadline, "gunicorn did not become ready"
+        time.sleep(0.3)
+
+
+def stop_gunicorn(proc, log) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("gunicorn")
-    port = free_port()
-    env = {**os.environ, "MATCHER_DATA_DIR": str(data), "MATCHER_PORT": str(port), "MATCHER_WORKERS": "2",
-           "MATCHER_LOAD_DEMO": "0", "HF_HUB_OFFLINE": "1"}
-    env.pop("MATCHER_DB_URL", None)
+    env = service_env(data, free_port(), workers=2)
     subprocess.run([sys.executable, "-m", "matcher", "-q", "init"], cwd=ROOT, env=env, check=True, timeout=300)
-    log = open(data / "gunicorn.log", "w+")
-    proc = subprocess.Popen([os.path.join(BIN, "gunicorn"), "-c", "service/gunicorn_conf.py", "service:create_app()"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    proc, base, log = start_gunicorn(env, data / "gunicorn.log")
     try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, open(data / "gunicorn.log").read()
-            try:
-                if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:  # not listening yet, or queued while the workers boot
-                pass
-            assert time.time() < deadline, "gunicorn did not become ready"
-            time.sleep(0.5)
         yield base, data / "gunicorn.log"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+        stop_gunicorn(proc, log)
 
 
 def match_ids(base, text, k=3):

@@ -1,8 +1,5 @@
 """Batch-match jobs: validation, the worker, a worker that dies part-way, and a real gunicorn restart."""
 import datetime as dt
-import os
-import signal
-import subprocess
 import time
 
 import pytest
@@ -13,8 +10,8 @@ from matcher.jobs import JobWorker
 from models.enums import EntityKind
 from models.jobs import JobStore
 from models.tables import jobs as jobs_table
-from tests.conftest import ORGS, ROOT
-from tests.service.test_gunicorn import BIN, free_port
+from tests.conftest import ORGS
+from tests.service.test_gunicorn import free_port, service_env, start_gunicorn, stop_gunicorn
 
 
 @pytest.fixture
@@ -94,32 +91,8 @@ def test_a_job_whose_worker_died_is_resumed_by_another(client, stocked):
 
 
 def _gunicorn(data, port, job_runner: str):
-    env = {**os.environ, "MATCHER_DATA_DIR": str(data), "MATCHER_PORT": str(port), "MATCHER_WORKERS": "1",
-           "MATCHER_LOAD_DEMO": "0", "MATCHER_JOB_RUNNER": job_runner, "MATCHER_JOB_POLL_S": "0.2", "HF_HUB_OFFLINE": "1"}
-    env.pop("MATCHER_DB_URL", None)
-    log = open(data / f"gunicorn-{job_runner}.log", "w+")
-    proc = subprocess.Popen([os.path.join(BIN, "gunicorn"), "-c", "service/gunicorn_conf.py", "service:create_app()"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while True:
-        assert proc.poll() is None, open(log.name).read()
-        try:
-            if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
-                return proc, base, log
-        except requests.RequestException:
-            pass
-        assert time.time() < deadline, "gunicorn did not become ready"
-        time.sleep(0.3)
-
-
-def _stop(proc, log):
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=40)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+    env = service_env(data, port, workers=1, job_runner=job_runner, job_poll_s=0.2)
+    return start_gunicorn(env, data / f"gunicorn-{job_runner}.log")
 
 
 def test_job_survives_a_restart_and_runs_in_the_masters_job_worker(tmp_path):
@@ -137,7 +110,7 @@ def test_job_survives_a_restart_and_runs_in_the_masters_job_worker(tmp_path):
         time.sleep(1)
         assert requests.get(f"{base}/v1/jobs/{job_id}", timeout=30).json()["status"] == "queued"  # no request worker ran it
     finally:
-        _stop(proc, log)
+        stop_gunicorn(proc, log)
     proc, base, log = _gunicorn(data, port, job_runner="1")
     try:
         deadline = time.time() + 120
@@ -148,4 +121,4 @@ def test_job_survives_a_restart_and_runs_in_the_masters_job_worker(tmp_path):
         assert [r["match_id"] for r in result["rows"]][:1] == ["aquasense"] and len(result["rows"]) == 4
         assert "job worker started" in open(log.name).read()
     finally:
-        _stop(proc, log)
+        stop_gunicorn(proc, log)
