@@ -15,10 +15,11 @@ with the same arguments skips what is done; the output is written, in input orde
 """
 from __future__ import annotations
 
+
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -292,7 +293,8 @@ def run_batch_file(engine, queries: str | Path, out: str | Path, *, target: str 
                 bar.update(1)
 
             if runner == "ray":
-                run_ray(engine.settings, todo, on_done, actors=actors)
+                # Ray's actors open their own engines: on this engine's tenant
+                run_ray(replace(engine.settings, default_tenant=engine.tenant), todo, on_done, actors=actors)
             else:
                 run_local(engine, todo, on_done)
     finally:

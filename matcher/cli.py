@@ -13,8 +13,12 @@
     python -m matcher worker                    run queued batch jobs (gunicorn's master starts one)
     python -m matcher consortium --challenge-id ID --size 5   alternative consortia for a challenge
     python -m matcher schedule --participants FILE --slots FILE --out DIR   brokerage-event meetings
+    python -m matcher keys create --tenant T --scopes read,match   a new API key (shown once)
+    python -m matcher keys revoke KEY_ID | keys list [--tenant T]
 
-Settings come from the MATCHER_* environment variables (see the README).
+Commands that read or write a tenant's data take --tenant (default MATCHER_DEFAULT_TENANT); reindex, status
+and digest without --tenant cover every tenant. Settings come from the MATCHER_* environment variables (see
+the README).
 """
 from __future__ import annotations
 
@@ -26,11 +30,21 @@ import sys
 from models.enums import EntityKind, OrgType
 
 
-def _engine():
+def _engine(args=None):
+    """The engine of the command's --tenant (MATCHER_DEFAULT_TENANT when it has none)."""
     from matcher.engine import Engine
     from matcher.settings import Settings
 
-    return Engine(Settings.from_env()).open()
+    settings = Settings.from_env()
+    tenant = getattr(args, "tenant", None) or settings.default_tenant
+    engine = Engine(settings).open()
+    return engine if tenant == engine.tenant else engine.for_tenant(tenant)
+
+
+def _engines(args) -> list:
+    """The engine of --tenant, or of every tenant when it is not given."""
+    engine = _engine(args)
+    return [engine] if getattr(args, "tenant", None) else engine.all_tenants()
 
 
 def cmd_init(args) -> int:
@@ -42,20 +56,85 @@ def cmd_init(args) -> int:
     if empty and load:
         counts = load_demo(engine, progress=not args.quiet)
         print(f"loaded the demo data: {counts['organisations']} organisations, {counts['challenges']} challenges")
-    engine.load_indexes()
-    if any(engine.stale.values()):
-        print(f"embedding stale entities: {engine.stale}")
-        engine.reindex()
-    status = engine.status()
+    for tenant_engine in engine.all_tenants():
+        tenant_engine.load_indexes()
+        if any(tenant_engine.stale.values()):
+            print(f"embedding stale entities of tenant {tenant_engine.tenant}: {tenant_engine.stale}")
+            tenant_engine.reindex()
+    status = engine.status_all()
     print(f"store ready: {status['indexed']['organisations']} organisations, {status['indexed']['challenges']} challenges "
-          f"indexed with {status['model']} ({engine.settings.db_url.split('://')[0]})")
+          f"in {status['tenants']} tenant(s), indexed with {status['model']} ({engine.settings.db_url.split('://')[0]})")
+    if engine.settings.auth:
+        print(f"demo tenant '{engine.tenant}', API key with every scope (kept in {demo_key_path(engine.settings)}):")
+        print(f"  {demo_key(engine)}")
+        print(f"  e.g. curl -H 'Authorization: Bearer {demo_key(engine)}' "
+              f"http://{engine.settings.host}:{engine.settings.port}/v1/organisations")
+    else:
+        print(f"MATCHER_AUTH=off: tenant '{engine.tenant}' is served without keys (loopback addresses only)")
+    return 0
+
+
+def demo_key_path(settings):
+    return settings.data_dir / "demo_key"
+
+
+def demo_key(engine) -> str:
+    """The demo tenant's API key: made once (every scope) and kept, readable by its owner only, in
+    <data dir>/demo_key; made anew if that key was revoked."""
+    import os
+
+    from models.keys import KeyStore
+
+    path, keys = demo_key_path(engine.settings), KeyStore(engine.store)
+    if path.exists():
+        key = path.read_text().strip()
+        if keys.verify(key) is not None:
+            return key
+    key, _ = keys.create(engine.tenant, "read,match,write,admin", label="demo key (make run)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".demo_key.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    os.replace(tmp, path)
+    return key
+
+
+def cmd_keys(args) -> int:
+    from models.keys import KeyRequestError, KeyStore
+    from models.store import Store
+    from matcher.settings import Settings
+
+    settings = Settings.from_env()
+    store = Store(settings.db_url)
+    store.create_all()
+    keys = KeyStore(store)
+    if args.keys_command == "create":
+        try:
+            key, record = keys.create(args.tenant, args.scopes, label=args.label, rate_limit=args.rate_limit)
+        except KeyRequestError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(key)
+        print(f"key {record['id']} for tenant {record['tenant']} with scopes {','.join(record['scopes'])}: "
+              "keep it now, it is not shown again", file=sys.stderr)
+        return 0
+    if args.keys_command == "revoke":
+        if not keys.revoke(args.key_id):
+            print(f"error: no active key with id '{args.key_id}'", file=sys.stderr)
+            return 1
+        print(f"revoked key {args.key_id}")
+        return 0
+    for record in keys.list(args.tenant):
+        state = f"revoked {record['revoked_at']}" if record["revoked_at"] else "active"
+        print(f"{record['id']}  {record['tenant']}  {','.join(record['scopes'])}  {state}  {record['label'] or ''}")
     return 0
 
 
 def cmd_import(args) -> int:
     from matcher.records import import_file
 
-    engine = _engine()
+    engine = _engine(args)
     kind = EntityKind(args.kind)
     try:
         report = import_file(engine, kind, args.file, progress=not args.quiet)
@@ -93,7 +172,7 @@ def cmd_match(args) -> int:
         for p in problems(exc):
             print(f"error: {p['field']}: {p['problem']}", file=sys.stderr)
         return 2
-    engine = _engine()
+    engine = _engine(args)
     try:
         result = engine.match(request)
     except NotFoundError as exc:
@@ -117,18 +196,24 @@ def cmd_match(args) -> int:
 def cmd_reindex(args) -> int:
     from tqdm import tqdm
 
-    engine = _engine()
-    engine.load_indexes()
-    with tqdm(desc="embedding", unit=" items", disable=args.quiet) as bar:
-        counts = engine.reindex(force=args.force, progress=bar.update)
-    print(f"re-embedded {counts}; indexes and snapshots rebuilt: {engine.status()['indexed']}")
+    for engine in _engines(args):
+        engine.load_indexes()
+        with tqdm(desc=f"embedding ({engine.tenant})", unit=" items", disable=args.quiet) as bar:
+            counts = engine.reindex(force=args.force, progress=bar.update)
+        print(f"tenant {engine.tenant}: re-embedded {counts}; indexes and snapshots rebuilt: {engine.status()['indexed']}")
     return 0
 
 
 def cmd_status(args) -> int:
-    engine = _engine()
-    engine.load_indexes()
-    print(json.dumps({"settings": engine.settings.describe(), **engine.status()}, indent=2))
+    engine = _engine(args)
+    if args.tenant:
+        engine.load_indexes()
+        status = engine.status()
+    else:
+        for tenant_engine in engine.all_tenants():
+            tenant_engine.load_indexes()
+        status = engine.status_all()
+    print(json.dumps({"settings": engine.settings.describe(), **status}, indent=2))
     return 0
 
 
@@ -141,18 +226,21 @@ def cmd_digest(args) -> int:
         print(f"error: --since: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("matcher.digest").setLevel(logging.INFO)  # one line per organisation, by id
-    engine = _engine()
-    try:
-        report = digest.run(engine, since=since, dry_run=args.dry_run, only=args.only)
-    except (LookupError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    return 0 if report.ok else 1
+    engines = [_engine(args)] if args.only else _engines(args)  # --only: one organisation of one tenant
+    ok = True
+    for engine in engines:
+        try:
+            report = digest.run(engine, since=since, dry_run=args.dry_run, only=args.only)
+        except (LookupError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(report.summary() if len(engines) == 1 else f"tenant {engine.tenant}: {report.summary()}")
+        ok = ok and report.ok
+    return 0 if ok else 1
 def cmd_batch(args) -> int:
     from matcher.batch import run_batch_file
 
-    engine = _engine()
+    engine = _engine(args)
     runner = args.runner or engine.settings.batch_runner
     filters = {"types": args.type or [], "countries": args.country or [], "exclude_ids": args.exclude or []}
     try:
@@ -179,7 +267,7 @@ def cmd_consortium(args) -> int:
             "required_types": [[t.strip() for t in group.split(",") if t.strip()] for group in args.require or []],
             "countries": args.country or [], "must_include": args.include or [], "exclude": args.exclude or []}
     body.update({"challenge_id": args.challenge_id} if args.challenge_id else {"text": args.text})
-    engine = _engine()
+    engine = _engine(args)
     try:
         result = build(engine, parse_request(body))
     except InvalidInput as exc:
@@ -206,7 +294,7 @@ def cmd_schedule(args) -> int:
     from matcher.schedule import build_schedule, write_outputs
     from matcher.tables_io import read_table
 
-    engine = _engine()
+    engine = _engine(args)
     try:
         schedule = build_schedule(engine, list(read_table(args.participants)), list(read_table(args.slots)))
     except (OSError, ValueError) as exc:
@@ -232,18 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m matcher", description="Partner matching for innovation ecosystems.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
+    one_tenant = argparse.ArgumentParser(add_help=False)
+    one_tenant.add_argument("--tenant", help="the tenant whose data this reads and writes (default MATCHER_DEFAULT_TENANT)")
+    any_tenant = argparse.ArgumentParser(add_help=False)
+    any_tenant.add_argument("--tenant", help="only this tenant (default: every tenant)")
 
     p = sub.add_parser("init", help="create the store; load the demo data when it is empty")
     p.add_argument("--demo", dest="demo", action="store_true", default=None, help="load the demo data if the store is empty")
     p.add_argument("--no-demo", dest="demo", action="store_false", help="never load the demo data")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("import", help="import organisations or challenges from a JSONL, JSON or CSV file")
+    p = sub.add_parser("import", parents=[one_tenant], help="import organisations or challenges from a JSONL, JSON or CSV file")
     p.add_argument("kind", choices=[k.value for k in EntityKind])
     p.add_argument("file")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("match", help="ranked, explained matches for a text, a challenge or an organisation")
+    p = sub.add_parser("match", parents=[one_tenant], help="ranked, explained matches for a text, a challenge or an organisation")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--text")
     q.add_argument("--challenge-id")
@@ -257,11 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the API's JSON")
     p.set_defaults(func=cmd_match)
 
-    p = sub.add_parser("reindex", help="embed missing or stale entities and rebuild the index snapshots")
+    p = sub.add_parser("reindex", parents=[any_tenant], help="embed missing or stale entities and rebuild the index snapshots")
     p.add_argument("--force", action="store_true", help="re-embed everything")
     p.set_defaults(func=cmd_reindex)
 
-    p = sub.add_parser("status", help="settings, store and index state as JSON")
+    p = sub.add_parser("status", parents=[any_tenant], help="settings, store and index state as JSON")
     p.set_defaults(func=cmd_status)
 
     # Commands with options of their own: everything after the name goes to them (see their --help).
@@ -271,13 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_parser(name, help=text, add_help=False)
         DELEGATED[name] = module
-    p = sub.add_parser("digest", help="e-mail each opted-in organisation its new matches (MATCHER_SMTP_* settings)")
+    p = sub.add_parser("digest", parents=[any_tenant], help="e-mail each opted-in organisation its new matches (MATCHER_SMTP_* settings)")
     p.add_argument("--since", help="only matches added in this period, e.g. 7d, 36h (default: since "
                                    "each organisation's last digest, everything for a first one)")
     p.add_argument("--dry-run", metavar="DIR", help="write one .eml file per digest to DIR; send and record nothing")
     p.add_argument("--only", metavar="ID", help="only this organisation")
     p.set_defaults(func=cmd_digest)
-    p = sub.add_parser("batch", help="match every query of a CSV, JSONL or XLSX file; resumable")
+    p = sub.add_parser("batch", parents=[one_tenant], help="match every query of a CSV, JSONL or XLSX file; resumable")
     p.add_argument("--queries", required=True, help="CSV, JSONL, JSON or XLSX: text, ids or profiles, one per row")
     p.add_argument("--out", required=True, help="CSV, JSONL or XLSX: one row per (query, match)")
     p.add_argument("--target", choices=[k.value for k in EntityKind], default="organisations")
@@ -291,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore the checkpoint of an interrupted run")
     p.set_defaults(func=cmd_batch)
 
-    p = sub.add_parser("consortium", help="alternative consortia for a challenge, under constraints")
+    p = sub.add_parser("consortium", parents=[one_tenant], help="alternative consortia for a challenge, under constraints")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--challenge-id")
     q.add_argument("--text")
@@ -305,15 +397,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_consortium)
 
-    p = sub.add_parser("schedule", help="1:1 meetings for a brokerage event: schedule, agendas, .ics files")
+    p = sub.add_parser("schedule", parents=[one_tenant], help="1:1 meetings for a brokerage event: schedule, agendas, .ics files")
     p.add_argument("--participants", required=True, help="CSV, JSONL or XLSX: id or profile, available, max_meetings, requests, blocked")
     p.add_argument("--slots", required=True, help="CSV, JSONL or XLSX: id, start, end, tables, location")
     p.add_argument("--out", required=True, help="folder for schedule.csv/.xlsx, agendas/, calendars/, summary.json")
     p.set_defaults(func=cmd_schedule)
 
-    p = sub.add_parser("worker", help="run queued batch-match jobs from the store")
+    p = sub.add_parser("worker", help="run queued batch-match jobs from the store (every tenant's)")
     p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("keys", help="create, revoke and list API keys")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("create", help="a new key, printed once (only its hash is stored)")
+    k.add_argument("--tenant", required=True, help="the tenant the key sees (recorded if new)")
+    k.add_argument("--scopes", required=True, help="comma-separated: read, match, write, admin")
+    k.add_argument("--label", help="what the key is for")
+    k.add_argument("--rate-limit", type=int, help="requests a minute (default MATCHER_RATE_LIMIT)")
+    k = keys.add_parser("revoke", help="revoke a key at once")
+    k.add_argument("key_id", help="the key's id (the part after mk_) or the whole key")
+    k = keys.add_parser("list", help="every key's id, tenant, scopes and state (never the key)")
+    k.add_argument("--tenant", help="only this tenant's keys")
+    p.set_defaults(func=cmd_keys)
     return parser
 
 

@@ -195,7 +195,7 @@ class Composer:
     def render(self, org: dict, items: list[Item]) -> EmailMessage:
         """The multipart (plain text + HTML) message for these items."""
         s = self.settings
-        unsubscribe = f"{s.public_url}/v1/unsubscribe?token={make_unsubscribe_token(s, org['id'])}"
+        unsubscribe = f"{s.public_url}/v1/unsubscribe?token={make_unsubscribe_token(s, org['id'], self.engine.tenant)}"
         best = items[0]
         count = f"{len(items)} new match{'es' if len(items) != 1 else ''}"
         subject = f"{count} for {org['name']}: {best.title}"

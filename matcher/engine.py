@@ -3,6 +3,10 @@
 Usable without the web service. Each process holds its own indexes; before every search it compares its
 sequence number with the store's (one small query) and replays the store's change log when they differ,
 so a write through any process is matched by every other at once, and a deleted entity never comes back.
+
+An engine serves one tenant: its store, indexes, snapshots and caches hold that tenant's rows and no other's.
+``Engine.for_tenant`` gives the engine of another tenant in the same process, sharing the model and the
+database connections; so a match can only ever rank the asking tenant's organisations and challenges.
 """
 from __future__ import annotations
 
@@ -35,13 +39,25 @@ _MAX_EXPLAIN_SENTENCES = 40
 _LARGE_WRITE = 32  # texts to embed in one write
 
 
+class _Family:
+    """What the engines of one process share: the model and each tenant's engine."""
+
+    def __init__(self, encoder: Encoder | None):
+        self.encoder = encoder
+        self.engines: dict[str, "Engine"] = {}
+        self.lock = threading.RLock()
+
+
 class Engine:
-    def __init__(self, settings: Settings, store: Store | None = None, encoder: Encoder | None = None):
+    def __init__(self, settings: Settings, store: Store | None = None, encoder: Encoder | None = None,
+                 tenant: str | None = None, *, _family: _Family | None = None):
         self.settings = settings
+        self.tenant = tenant or settings.default_tenant
         if store is None and settings.db_url.startswith("sqlite:///"):
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = store or Store(settings.db_url)
-        self._encoder = encoder
+        self.store = (store or Store(settings.db_url)).scoped(self.tenant)
+        self._family = _family or _Family(encoder)
+        self._family.engines.setdefault(self.tenant, self)
         self.indexes: dict[EntityKind, VectorIndex] = {}
         self.lexical: dict[EntityKind, LexicalIndex] = {}
         self.records = TrackRecords()  # organisations' track records and co-partnership graph
@@ -55,28 +71,49 @@ class Engine:
     # --- set-up ---------------------------------------------------------------------------------
 
     @property
+    def _encoder(self) -> Encoder | None:
+        return self._family.encoder
+
+    @property
     def encoder(self) -> Encoder:
-        """The model, loaded on first use, once per process."""
-        if self._encoder is None:
-            with self._lock:
-                if self._encoder is None:
-                    self._encoder = Encoder(self.settings.model, batch_size=self.settings.encode_batch_size)
-        return self._encoder
+        """The model, loaded on first use, once per process (shared by every tenant's engine)."""
+        family = self._family
+        if family.encoder is None:
+            with family.lock:
+                if family.encoder is None:
+                    family.encoder = Encoder(self.settings.model, batch_size=self.settings.encode_batch_size)
+        return family.encoder
 
     @property
     def encoder_loaded(self) -> bool:
-        return self._encoder is not None
+        return self._family.encoder is not None
 
     def open(self) -> "Engine":
         """Create the tables if needed."""
         self.store.create_all()
         return self
 
+    def for_tenant(self, tenant: str) -> "Engine":
+        """The engine of ``tenant`` in this process (made on first use; its indexes load on first search)."""
+        family = self._family
+        engine = family.engines.get(tenant)
+        if engine is None:
+            with family.lock:
+                engine = family.engines.get(tenant)
+                if engine is None:
+                    self.store.ensure_tenant(tenant)
+                    engine = Engine(self.settings, self.store, tenant=tenant, _family=family)
+        return engine
+
+    def all_tenants(self) -> list["Engine"]:
+        """The engine of every tenant the store knows (and of any made in this process)."""
+        return [self.for_tenant(t) for t in dict.fromkeys([*self.store.tenant_ids(), *self._family.engines])]
+
     def _snapshot_path(self, kind: EntityKind):
-        return self.settings.index_dir / f"{kind.value}.snapshot.npz"
+        return self.settings.index_dir / self.tenant / f"{kind.value}.snapshot.npz"
 
     def _snapshot_key(self) -> str:
-        return f"{self.encoder.name}|{self.store.store_uid()}"
+        return f"{self.encoder.name}|{self.store.store_uid()}|{self.tenant}"
 
     def load_indexes(self) -> None:
         """Load the indexes from their snapshots (or build them from the store), then catch up with the store."""
@@ -189,13 +226,15 @@ class Engine:
     def sync(self) -> int:
         """Apply the store's changes since the last sync; returns how many were applied."""
         self.ensure_ready()
-        if self.store.current_seq() == self.synced_seq:
+        store_seq = self.store.current_seq()
+        if store_seq == self.synced_seq:
             return 0
         with self._lock:
+            # Every write takes the next seq, whichever tenant's it is; this tenant's changes are the ones to
+            # replay, and every change up to store_seq has committed (writers commit in seq order).
             changes = self.store.changes_since(self.synced_seq)
             applied = self._replay(changes)
-            if changes:
-                self.synced_seq = max(self.synced_seq, max(c.seq for c in changes))
+            self.synced_seq = max(self.synced_seq, store_seq, *(c.seq for c in changes))
             self._changes_since_snapshot += applied
             if applied:
                 self._count_stale()
@@ -238,6 +277,19 @@ class Engine:
             "index_seq": self.synced_seq,
             "indexed": {k.value: len(i) for k, i in self.indexes.items()},
             "stale_embeddings": {k.value: n for k, n in self.stale.items()},
+        }
+
+    def status_all(self) -> dict:
+        """The status of every tenant's engine in this process, summed: ready when each of them is."""
+        parts = [e.status() for e in self.all_tenants()]
+        return {
+            "ready": all(p["ready"] for p in parts),
+            "model": parts[0]["model"] if parts else None,
+            "store_seq": max((p["store_seq"] for p in parts), default=self.store.current_seq()),
+            "index_seq": min((p["index_seq"] for p in parts), default=-1),
+            "tenants": len(parts),
+            "indexed": {k.value: sum(p["indexed"].get(k.value, 0) for p in parts) for k in KINDS},
+            "stale_embeddings": {k.value: sum(p["stale_embeddings"][k.value] for p in parts) for k in KINDS},
         }
 
     # --- writes ---------------------------------------------------------------------------------
@@ -338,12 +390,21 @@ class Engine:
         return self.write(kind, [doc], single=True)[0]
 
     def delete(self, kind: EntityKind, entity_id: str) -> None:
+        """Delete an entity and erase it everywhere this service keeps it (the right to erasure): the store
+        (its row, its digest log, mentions in other digests and job results, its id in the change log), this
+        process's indexes and caches, and the index snapshots on disk, rewritten at once. Other processes drop
+        it from their indexes at their next sync, before they answer anything."""
+        doc = self.get(kind, entity_id)
         on_delete = None
         if kind is EntityKind.organisations:
             on_delete = lambda conn, seq: self.store.detach_owner(conn, seq, entity_id)  # noqa: E731
         if not self.store.delete(kind, entity_id, on_delete=on_delete):
             raise NotFoundError(kind, entity_id)
         self.sync()
+        with self._lock:
+            for sentence in split_sentences(doc.get("description", "")):
+                self._sentences.pop(sentence, None)
+            self.save_snapshots()
 
     def reindex(self, force: bool = False, progress=None) -> dict:
         """Embed every entity whose stored embedding is missing, stale or (with force) any; rewrite snapshots."""

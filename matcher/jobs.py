@@ -81,21 +81,23 @@ class JobWorker:
                     return
                 time.sleep(self.engine.settings.job_poll_s)
                 continue
-            self.run(job["id"])
+            self.run(job["id"], job["tenant"])
 
-    def run(self, job_id: str) -> None:
-        settings = self.engine.settings
+    def run(self, job_id: str, tenant: str) -> None:
+        """Run one claimed job on its tenant's engine (its queries see that tenant's data only)."""
+        engine = self.engine.for_tenant(tenant)
+        settings, jobs = engine.settings, JobStore(engine.store)
         try:
-            params = self.jobs.params(job_id)
-            done = self.jobs.done_lines(job_id)
+            params = jobs.params(job_id)
+            done = jobs.done_lines(job_id)
             todo = [(i["line"], i["query_id"], MatchRequest.model_validate(i["request"])) for i in params["items"] if i["line"] not in done]
             log.info("job %s: %d of %d queries to match", job_id, len(todo), len(params["items"]))
             for start in range(0, len(todo), CHUNK):
                 if self.stopping:
-                    self.jobs.release(job_id)
+                    jobs.release(job_id)
                     return
-                self.jobs.add_results(job_id, match_chunk(self.engine, todo[start : start + CHUNK]), settings.job_lease_s)
-            self.jobs.finish(job_id, "done")
+                jobs.add_results(job_id, match_chunk(engine, todo[start : start + CHUNK]), settings.job_lease_s)
+            jobs.finish(job_id, "done")
         except Exception as exc:  # a job that cannot run is marked failed, and the worker goes on
             log.exception("job %s failed", job_id)
-            self.jobs.finish(job_id, "failed", f"{exc.__class__.__name__}: {exc}"[:2000])
+            jobs.finish(job_id, "failed", f"{exc.__class__.__name__}: {exc}"[:2000])

@@ -34,6 +34,11 @@ class Settings:
     snapshot_every: int = 500  # MATCHER_SNAPSHOT_EVERY: a worker rewrites the index snapshot after this many changes
     log_level: str = "info"  # MATCHER_LOG_LEVEL
     ranker: str = ""  # MATCHER_RANKER: a ranker artefact (JSON); "" = the one shipped in matcher/ranker_model/
+    # Access (service/auth.py)
+    auth: bool = True  # MATCHER_AUTH: "off" serves the default tenant without keys, and only on a loopback address
+    default_tenant: str = "demo"  # MATCHER_DEFAULT_TENANT: the tenant of MATCHER_AUTH=off, of the demo data and of CLI commands without --tenant
+    rate_limit: int = 600  # MATCHER_RATE_LIMIT: requests a minute per API key (a key's own limit overrides it); 0 = no limit
+    rate_burst: int = 60  # MATCHER_RATE_BURST: requests a key may make at once before the rate applies
     # E-mail digests (matcher/digest.py)
     platform_url: str = "http://127.0.0.1:8000"  # MATCHER_PLATFORM_URL: links to act are <this>/challenges/<id>, /organisations/<id>
     public_url: str = "http://127.0.0.1:8000"  # MATCHER_PUBLIC_URL: where this service is reached (the unsubscribe link)
@@ -77,6 +82,10 @@ class Settings:
             snapshot_every=int(_env("MATCHER_SNAPSHOT_EVERY", "500")),
             log_level=_env("MATCHER_LOG_LEVEL", "info").lower(),
             ranker=_env("MATCHER_RANKER", ""),
+            auth=_flag("MATCHER_AUTH", True),
+            default_tenant=_env("MATCHER_DEFAULT_TENANT", "demo"),
+            rate_limit=int(_env("MATCHER_RATE_LIMIT", "600")),
+            rate_burst=int(_env("MATCHER_RATE_BURST", "60")),
             platform_url=_env("MATCHER_PLATFORM_URL", "http://127.0.0.1:8000").rstrip("/"),
             public_url=_env("MATCHER_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"),
             secret_key=_env("MATCHER_SECRET_KEY", ""),

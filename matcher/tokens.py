@@ -1,5 +1,6 @@
 """Signed, expiring unsubscribe tokens (itsdangerous): the digest puts one in every message, the service's
-``GET /v1/unsubscribe?token=...`` reads it back. A token names one organisation and nothing else (no address)."""
+``GET /v1/unsubscribe?token=...`` reads it back. A token names one organisation (its tenant and id) and
+nothing else (no address)."""
 from __future__ import annotations
 
 import os
@@ -45,18 +46,19 @@ def _serializer(settings: Settings) -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(secret_key(settings), salt=_SALT)
 
 
-def make_unsubscribe_token(settings: Settings, organisation_id: str) -> str:
-    return _serializer(settings).dumps({"org": organisation_id})
+def make_unsubscribe_token(settings: Settings, organisation_id: str, tenant: str | None = None) -> str:
+    return _serializer(settings).dumps({"org": organisation_id, "tenant": tenant or settings.default_tenant})
 
 
-def read_unsubscribe_token(settings: Settings, token: str) -> str:
-    """The organisation id a valid token names; raises TokenError for a tampered, malformed or expired one."""
+def read_unsubscribe_token(settings: Settings, token: str) -> tuple[str, str]:
+    """The (tenant, organisation id) a valid token names; raises TokenError for a tampered, malformed or expired
+    one. A token made before tenants existed names the default tenant."""
     try:
         data = _serializer(settings).loads(token, max_age=settings.unsubscribe_days * 86400)
     except SignatureExpired:
         raise TokenError("this unsubscribe link has expired", expired=True) from None
     except BadSignature:
         raise TokenError("this unsubscribe link is not valid") from None
-    if not isinstance(data, dict) or not isinstance(data.get("org"), str):
+    if not isinstance(data, dict) or not isinstance(data.get("org"), str) or not isinstance(data.get("tenant", ""), str):
         raise TokenError("this unsubscribe link is not valid")
-    return data["org"]
+    return data.get("tenant") or settings.default_tenant, data["org"]

@@ -4,6 +4,9 @@
 A worker claims a queued job, or a running one whose lease ran out (its worker died), in one conditional
 UPDATE; it writes each chunk's results together with the job's progress and a renewed lease in one
 transaction, so a resumed job skips exactly the queries whose results are stored.
+
+A JobStore sees the jobs of its store's tenant; only ``claim`` (the worker's) looks at every tenant's queue,
+and the claimed job says whose it is.
 """
 from __future__ import annotations
 
@@ -25,21 +28,25 @@ class JobStore:
         job_id = f"job-{uuid.uuid4().hex[:20]}"
         status = "queued" if total else "done"
         with self.store.engine.begin() as conn:
-            conn.execute(insert(jobs).values(id=job_id, kind=kind, status=status, params=params, errors=errors,
+            conn.execute(insert(jobs).values(id=job_id, tenant=self.store.tenant, kind=kind, status=status, params=params, errors=errors,
                                              total=total, done=0, created_at=now, updated_at=now))
         return self.get(job_id)
 
+    def _mine(self, job_id: str):
+        return (jobs.c.id == job_id, jobs.c.tenant == self.store.tenant)
+
     def get(self, job_id: str) -> dict | None:
         with self.store.engine.connect() as conn:
-            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            row = conn.execute(select(jobs).where(*self._mine(job_id))).first()
         return _public(row) if row is not None else None
 
     def params(self, job_id: str) -> dict:
         with self.store.engine.connect() as conn:
-            return conn.execute(select(jobs.c.params).where(jobs.c.id == job_id)).scalar_one()
+            return conn.execute(select(jobs.c.params).where(*self._mine(job_id))).scalar_one()
 
     def claim(self, lease_s: int) -> dict | None:
-        """Take the oldest queued job, or a running one whose worker stopped renewing its lease."""
+        """Take the oldest queued job of any tenant, or a running one whose worker stopped renewing its lease;
+        the job's ``tenant`` says whose it is."""
         now = utcnow()
         claimable = or_(jobs.c.status == "queued", and_(jobs.c.status == "running", jobs.c.lease_until < now))
         with self.store.engine.connect() as conn:
@@ -51,11 +58,15 @@ class JobStore:
                     .values(status="running", lease_until=now + dt.timedelta(seconds=lease_s), updated_at=now)
                 ).rowcount
             if taken:
-                return self.get(job_id)
+                with self.store.engine.connect() as conn:
+                    row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+                return {**_public(row), "tenant": row.tenant}
         return None
 
     def done_lines(self, job_id: str) -> set[int]:
         with self.store.engine.connect() as conn:
+            if conn.execute(select(jobs.c.id).where(*self._mine(job_id))).first() is None:
+                return set()
             return set(conn.execute(select(job_results.c.line).where(job_results.c.job_id == job_id)).scalars())
 
     def add_results(self, job_id: str, results: list[tuple[int, list | str]], lease_s: int) -> None:
@@ -80,6 +91,8 @@ class JobStore:
 
     def results(self, job_id: str) -> list[tuple[int, list | str]]:
         with self.store.engine.connect() as conn:
+            if conn.execute(select(jobs.c.id).where(*self._mine(job_id))).first() is None:
+                return []
             rows = conn.execute(select(job_results.c.line, job_results.c.result)
                                 .where(job_results.c.job_id == job_id).order_by(job_results.c.line))
             return [(r.line, r.result) for r in rows]

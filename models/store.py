@@ -2,21 +2,39 @@
 
 Every write is one transaction: it takes the next sequence number, writes the entities with their
 embeddings, and logs the change. A failing write leaves the store as it was.
+
+A ``Store`` is bound to one tenant (``Store.scoped`` gives the same database seen as another): every read,
+write and change-log query it makes names that tenant, so one tenant's rows are never read, matched or
+overwritten through another's store. Ids are unique within a tenant.
 """
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from sqlalchemy import bindparam, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import String, bindparam, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from models.enums import EntityKind
-from models.tables import ENTITY_TABLES, challenges, changes, digest_messages, metadata, organisations, sync_state
+from models.tables import (
+    DEFAULT_TENANT,
+    ENTITY_TABLES,
+    challenges,
+    changes,
+    digest_messages,
+    job_results,
+    jobs,
+    metadata,
+    organisations,
+    sync_state,
+    tenants,
+)
 
 _CHUNK = 500  # ids per IN (...) clause, well under SQLite's variable limit
+ERASED = ""  # what the change log keeps of a deleted entity's id
 
 
 class NotFoundError(Exception):
@@ -109,8 +127,9 @@ def _columns(kind: EntityKind, doc: dict) -> dict:
 
 
 class Store:
-    def __init__(self, url: str, echo: bool = False):
+    def __init__(self, url: str, echo: bool = False, tenant: str = DEFAULT_TENANT):
         self.url = url
+        self.tenant = tenant
         kwargs: dict = {"echo": echo, "future": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
@@ -119,6 +138,14 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+
+    def scoped(self, tenant: str) -> "Store":
+        """The same database (and connection pool), seen as ``tenant``."""
+        if tenant == self.tenant:
+            return self
+        other = object.__new__(Store)
+        other.__dict__.update(self.__dict__, tenant=tenant)
+        return other
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -133,6 +160,22 @@ class Store:
                         conn.execute(insert(sync_state).values(id=1, seq=0, store_uid=uuid.uuid4().hex))
                 except Exception:  # another process inserted it first
                     pass
+        self.ensure_tenant(self.tenant)
+
+    def ensure_tenant(self, tenant: str) -> None:
+        """Record a tenant (idempotent)."""
+        with self.engine.begin() as conn:
+            if conn.execute(select(tenants.c.id).where(tenants.c.id == tenant)).first() is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(tenants).values(id=tenant, created_at=utcnow()))
+                except Exception:  # another process inserted it first
+                    pass
+
+    def tenant_ids(self) -> list[str]:
+        """Every tenant recorded in this database."""
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(tenants.c.id).order_by(tenants.c.id)).scalars())
 
     def _add_missing_columns(self) -> None:
         """Bring a store made by an older version up to date: add the (nullable) columns it lacks."""
@@ -143,13 +186,22 @@ class Store:
             for table in metadata.sorted_tables:
                 present = {c["name"] for c in inspector.get_columns(table.name)}
                 for column in table.columns:
-                    if column.name not in present and column.nullable:
-                        kind = column.type.compile(dialect=self.engine.dialect)
-                        conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+                    if column.name in present:
+                        continue
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    if column.nullable:
+                        conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+                    elif column.server_default is not None:  # e.g. tenant: existing rows get the default
+                        default = column.server_default.arg
+                        conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind} NOT NULL DEFAULT '{default}'"))
 
     def dispose(self) -> None:
         """Drop pooled connections (call in a child process after fork)."""
         self.engine.dispose(close=False)
+
+    def _mine(self, table) -> tuple:
+        """The WHERE clause that keeps a query to this store's tenant."""
+        return (table.c.tenant == self.tenant,)
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -169,14 +221,15 @@ class Store:
         table = ENTITY_TABLES[kind]
         with self.engine.connect() as conn:
             rows = _rows_where_in(conn, table.c.id, list(dict.fromkeys(ids)),
-                                  table.c.id, table.c.data, table.c.created_at, table.c.updated_at)
+                                  table.c.id, table.c.data, table.c.created_at, table.c.updated_at, where=self._mine(table))
             return {row.id: _document(row) for row in rows}
 
     def get_by_nums(self, kind: EntityKind, nums: Iterable[int]) -> dict[int, dict]:
         table = ENTITY_TABLES[kind]
         with self.engine.connect() as conn:
             rows = _rows_where_in(conn, table.c.num, [int(n) for n in nums],
-                                  table.c.num, table.c.id, table.c.data, table.c.created_at, table.c.updated_at)
+                                  table.c.num, table.c.id, table.c.data, table.c.created_at, table.c.updated_at,
+                                  where=self._mine(table))
             return {row.num: _document(row) for row in rows}
 
     def list(
@@ -191,7 +244,7 @@ class Store:
     ) -> list[dict]:
         """A page of entities in id order, after ``after_id`` (keyset pagination)."""
         table = ENTITY_TABLES[kind]
-        query = select(table.c.id, table.c.data, table.c.created_at, table.c.updated_at).order_by(table.c.id)
+        query = select(table.c.id, table.c.data, table.c.created_at, table.c.updated_at).where(*self._mine(table)).order_by(table.c.id)
         if after_id is not None:
             query = query.where(table.c.id > after_id)
         if type is not None and kind is EntityKind.organisations:
@@ -206,12 +259,12 @@ class Store:
     def count(self, kind: EntityKind) -> int:
         table = ENTITY_TABLES[kind]
         with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(table)).scalar_one()
+            return conn.execute(select(func.count()).select_from(table).where(*self._mine(table))).scalar_one()
 
     def existing_ids(self, kind: EntityKind, ids: Iterable[str]) -> set[str]:
         table = ENTITY_TABLES[kind]
         with self.engine.connect() as conn:
-            return {row.id for row in _rows_where_in(conn, table.c.id, list(dict.fromkeys(ids)), table.c.id)}
+            return {row.id for row in _rows_where_in(conn, table.c.id, list(dict.fromkeys(ids)), table.c.id, where=self._mine(table))}
 
     def embeddings_of(self, kind: EntityKind, ids: Iterable[str]) -> dict[str, EmbeddingRecord]:
         """The stored embeddings of these ids (those that have one)."""
@@ -220,7 +273,7 @@ class Store:
             rows = _rows_where_in(conn, table.c.id, list(dict.fromkeys(ids)),
                                   table.c.id, table.c.embedding, table.c.embedding_model, table.c.text_hash,
                                   table.c.sentences, table.c.sentence_vectors,
-                                  where=(table.c.embedding.is_not(None),))
+                                  where=(table.c.embedding.is_not(None), *self._mine(table)))
             return {
                 row.id: EmbeddingRecord(
                     bytes(row.embedding), row.embedding_model, row.text_hash, row.sentences,
@@ -235,7 +288,7 @@ class Store:
         with self.engine.connect() as conn:
             rows = _rows_where_in(conn, table.c.num, [int(n) for n in nums],
                                   table.c.num, table.c.sentences, table.c.sentence_vectors, table.c.embedding_model,
-                                  where=(table.c.sentence_vectors.is_not(None),))
+                                  where=(table.c.sentence_vectors.is_not(None), *self._mine(table)))
             return {row.num: (row.sentences, bytes(row.sentence_vectors), row.embedding_model) for row in rows}
 
     def vectors(self, kind: EntityKind, nums: Iterable[int] | None = None) -> Iterator[StoredVector]:
@@ -244,9 +297,9 @@ class Store:
         cols = (table.c.num, table.c.id, table.c.data, table.c.embedding, table.c.embedding_model, table.c.text_hash)
         with self.engine.connect() as conn:
             if nums is None:
-                rows = conn.execution_options(yield_per=2000).execute(select(*cols).order_by(table.c.num))
+                rows = conn.execution_options(yield_per=2000).execute(select(*cols).where(*self._mine(table)).order_by(table.c.num))
             else:
-                rows = _rows_where_in(conn, table.c.num, [int(n) for n in nums], *cols)
+                rows = _rows_where_in(conn, table.c.num, [int(n) for n in nums], *cols, where=self._mine(table))
             for row in rows:
                 yield StoredVector(
                     row.num,
@@ -260,7 +313,7 @@ class Store:
 
     def changes_since(self, seq: int) -> list[Change]:
         with self.engine.connect() as conn:
-            rows = conn.execute(select(changes).where(changes.c.seq > seq).order_by(changes.c.change_id))
+            rows = conn.execute(select(changes).where(changes.c.seq > seq, changes.c.tenant == self.tenant).order_by(changes.c.change_id))
             return [Change(r.seq, EntityKind(r.kind), r.entity_id, r.num, r.op) for r in rows]
 
     # --- writes ---------------------------------------------------------------------------------
@@ -291,7 +344,7 @@ class Store:
             seq = self._next_seq(conn)
             existing = {
                 row.id: (row.num, row.created_at)
-                for row in _rows_where_in(conn, table.c.id, ids, table.c.id, table.c.num, table.c.created_at)
+                for row in _rows_where_in(conn, table.c.id, ids, table.c.id, table.c.num, table.c.created_at, where=self._mine(table))
             }
             if create_only and existing:
                 raise ConflictError(kind, next(iter(existing)))
@@ -304,7 +357,7 @@ class Store:
                     updates.append({**row, "b_num": num})
                     stored.append((num, {**doc, "created_at": _iso(created), "updated_at": _iso(now)}))
                 else:
-                    inserts.append({**row, "id": doc["id"], "created_at": now})
+                    inserts.append({**row, "id": doc["id"], "tenant": self.tenant, "created_at": now})
             if updates:
                 conn.execute(update(table).where(table.c.num == bindparam("b_num")), updates)
             nums: dict[str, int] = {}
@@ -315,7 +368,8 @@ class Store:
                     stored.append((nums[ins["id"]], {**ins["data"], "created_at": _iso(now), "updated_at": _iso(now)}))
             conn.execute(
                 insert(changes),
-                [{"seq": seq, "kind": kind.value, "entity_id": d["id"], "num": num, "op": "upsert"} for num, d in stored],
+                [{"seq": seq, "tenant": self.tenant, "kind": kind.value, "entity_id": d["id"], "num": num, "op": "upsert"}
+                 for num, d in stored],
             )
             if on_write is not None:
                 on_write(conn, kind, [d for _, d in stored])
@@ -329,40 +383,83 @@ class Store:
         table = ENTITY_TABLES[kind]
         with self.engine.begin() as conn:
             seq = self._next_seq(conn)
-            nums = {row.id: row.num for row in _rows_where_in(conn, table.c.id, list(records), table.c.id, table.c.num)}
+            nums = {row.id: row.num for row in _rows_where_in(conn, table.c.id, list(records), table.c.id, table.c.num, where=self._mine(table))}
             params = [{"b_num": nums[i], **_embedding_columns(r)} for i, r in records.items() if i in nums]
             if params:
                 conn.execute(update(table).where(table.c.num == bindparam("b_num")), params)
                 conn.execute(
                     insert(changes),
-                    [{"seq": seq, "kind": kind.value, "entity_id": i, "num": nums[i], "op": "upsert"} for i in records if i in nums],
+                    [{"seq": seq, "tenant": self.tenant, "kind": kind.value, "entity_id": i, "num": nums[i], "op": "upsert"}
+                     for i in records if i in nums],
                 )
         return len(params)
 
     def delete(self, kind: EntityKind, entity_id: str, on_delete=None) -> bool:
-        """Delete one entity; False when it did not exist. ``on_delete(conn, seq)`` runs in the same transaction."""
+        """Delete one entity and erase what the store keeps of it elsewhere, in one transaction; False when it
+        did not exist. ``on_delete(conn, seq)`` runs in the same transaction.
+
+        Erasure: the change log keeps the row number (which replays need) but no longer the id; an organisation's
+        own digest log goes, and it is struck from other organisations' digest logs and from job results."""
         table = ENTITY_TABLES[kind]
         if not self.existing_ids(kind, [entity_id]):
             return False
         with self.engine.begin() as conn:
             seq = self._next_seq(conn)
-            num = conn.execute(select(table.c.num).where(table.c.id == entity_id)).scalar()
+            num = conn.execute(select(table.c.num).where(table.c.id == entity_id, *self._mine(table))).scalar()
             if num is not None:
                 conn.execute(delete(table).where(table.c.num == num))
-                if kind is EntityKind.organisations:  # its digest log goes with it: never mailed again
-                    conn.execute(delete(digest_messages).where(digest_messages.c.organisation_id == entity_id))
-                conn.execute(insert(changes).values(seq=seq, kind=kind.value, entity_id=entity_id, num=num, op="delete"))
+                conn.execute(update(changes).where(changes.c.kind == kind.value, changes.c.num == num).values(entity_id=ERASED))
+                conn.execute(insert(changes).values(seq=seq, tenant=self.tenant, kind=kind.value, entity_id=ERASED, num=num, op="delete"))
+                if kind is EntityKind.organisations:
+                    self._erase_from_digests(conn, entity_id)
+                self._erase_from_job_results(conn, kind, entity_id)
                 if on_delete is not None:
                     on_delete(conn, seq)
         return num is not None
 
+    def _erase_from_digests(self, conn: Connection, organisation_id: str) -> None:
+        """An organisation's digest log goes (it is never mailed again); other organisations' logs lose it as a
+        match: a message not yet sent that names it is cancelled (the next run composes a new one without it),
+        and no stored message body keeps it."""
+        mine = digest_messages.c.tenant == self.tenant
+        conn.execute(delete(digest_messages).where(digest_messages.c.organisation_id == organisation_id, mine))
+        rows = conn.execute(select(digest_messages.c.num, digest_messages.c.status, digest_messages.c.matches).where(
+            mine, digest_messages.c.matches.cast(String).contains(json.dumps(organisation_id)))).all()
+        for row in rows:
+            kept = [m for m in row.matches if not (m["kind"] == EntityKind.organisations.value and m["id"] == organisation_id)]
+            if len(kept) == len(row.matches):
+                continue
+            values: dict = {"matches": kept, "message": b""}
+            if row.status == "pending":
+                values["status"] = "cancelled"
+            conn.execute(update(digest_messages).where(digest_messages.c.num == row.num).values(**values))
+
+    def _erase_from_job_results(self, conn: Connection, kind: EntityKind, entity_id: str) -> None:
+        """Job results lose the rows that matched the entity; a query that was the entity is reported as erased."""
+        tenant_jobs = select(jobs.c.id).where(jobs.c.tenant == self.tenant)
+        rows = conn.execute(select(job_results.c.job_id, job_results.c.line, job_results.c.result).where(
+            job_results.c.job_id.in_(tenant_jobs), job_results.c.result.cast(String).contains(json.dumps(entity_id)))).all()
+        for row in rows:
+            if not isinstance(row.result, list):
+                continue
+            # result rows: [query_line, query_id, rank, match_id, match_name, ...] (matcher/batch.py COLUMNS)
+            if any(r[1] == entity_id for r in row.result):
+                result: list | str = f"the {kind.value[:-1]} this query named was deleted"
+            else:
+                result = [r for r in row.result if r[3] != entity_id]
+            if result != row.result:
+                conn.execute(update(job_results).where(job_results.c.job_id == row.job_id, job_results.c.line == row.line)
+                             .values(result=result))
+
     def detach_owner(self, conn: Connection, seq: int, owner_id: str) -> None:
         """Inside a delete of an organisation: its challenges stay, without an owner."""
-        rows = conn.execute(select(challenges.c.num, challenges.c.id, challenges.c.data).where(challenges.c.owner_id == owner_id)).all()
+        rows = conn.execute(select(challenges.c.num, challenges.c.id, challenges.c.data)
+                            .where(challenges.c.owner_id == owner_id, *self._mine(challenges))).all()
         for row in rows:
             data = {**row.data, "owner_id": None}
             conn.execute(update(challenges).where(challenges.c.num == row.num).values(data=data, owner_id=None, updated_at=utcnow()))
-            conn.execute(insert(changes).values(seq=seq, kind=EntityKind.challenges.value, entity_id=row.id, num=row.num, op="upsert"))
+            conn.execute(insert(changes).values(seq=seq, tenant=self.tenant, kind=EntityKind.challenges.value,
+                                                entity_id=row.id, num=row.num, op="upsert"))
 
     # --- e-mail digests (matcher/digest.py) -------------------------------------------------------
 
@@ -371,7 +468,8 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(select(organisations.c.id, organisations.c.data, organisations.c.created_at,
                                       organisations.c.updated_at)
-                               .where(organisations.c.id == organisation_id, organisations.c.email_opt_in.is_(True))).first()
+                               .where(organisations.c.id == organisation_id, organisations.c.email_opt_in.is_(True),
+                                      *self._mine(organisations))).first()
         doc = _document(row) if row is not None else None
         return doc if doc is not None and doc.get("contact_email") else None
 
@@ -379,14 +477,15 @@ class Store:
         """Ids of the organisations that opted in to e-mail and have a contact address (in id order)."""
         with self.engine.connect() as conn:
             return list(conn.execute(select(organisations.c.id).where(
-                organisations.c.email_opt_in.is_(True), organisations.c.data["contact_email"].as_string().is_not(None))
+                organisations.c.email_opt_in.is_(True), organisations.c.data["contact_email"].as_string().is_not(None),
+                *self._mine(organisations))
                 .order_by(organisations.c.id)).scalars())
 
     def digest_history(self, organisation_id: str) -> tuple[set[tuple[str, str]], dt.datetime | None]:
         """What was mailed (or is pending) to an organisation as {(kind, id)}, and when its last digest was sent."""
         with self.engine.connect() as conn:
             rows = conn.execute(select(digest_messages.c.matches, digest_messages.c.status, digest_messages.c.sent_at)
-                                .where(digest_messages.c.organisation_id == organisation_id,
+                                .where(digest_messages.c.organisation_id == organisation_id, *self._mine(digest_messages),
                                        digest_messages.c.status.in_(("sent", "pending")))).all()
         items = {(i["kind"], i["id"]) for row in rows for i in row.matches}
         sent = [_aware(row.sent_at) for row in rows if row.status == "sent" and row.sent_at is not None]
@@ -396,16 +495,18 @@ class Store:
         """Record a composed message as pending, in one transaction with a check that the organisation is still
         stored; None (and nothing written) when it is not."""
         with self.engine.begin() as conn:
-            if conn.execute(select(organisations.c.num).where(organisations.c.id == organisation_id)).first() is None:
+            if conn.execute(select(organisations.c.num).where(organisations.c.id == organisation_id,
+                                                              *self._mine(organisations))).first() is None:
                 return None
             return conn.execute(insert(digest_messages).values(
-                message_id=message_id, organisation_id=organisation_id, status="pending", matches=items,
+                tenant=self.tenant, message_id=message_id, organisation_id=organisation_id, status="pending", matches=items,
                 message=message, attempts=0, errors=[], created_at=utcnow()).returning(digest_messages.c.num)).scalar_one()
 
     def pending_digests(self, organisation_id: str | None = None) -> list[dict]:
         """Messages composed but not yet sent (an interrupted run), oldest first."""
         query = select(digest_messages.c.num, digest_messages.c.organisation_id, digest_messages.c.message_id,
-                       digest_messages.c.message, digest_messages.c.matches).where(digest_messages.c.status == "pending")
+                       digest_messages.c.message, digest_messages.c.matches).where(digest_messages.c.status == "pending",
+                                                                                   *self._mine(digest_messages))
         if organisation_id is not None:
             query = query.where(digest_messages.c.organisation_id == organisation_id)
         with self.engine.connect() as conn:
@@ -415,12 +516,14 @@ class Store:
         """After an attempt to send a message: its new status, and the error of a failed attempt."""
         with self.engine.begin() as conn:
             row = conn.execute(select(digest_messages.c.attempts, digest_messages.c.errors)
-                               .where(digest_messages.c.num == num)).first()
+                               .where(digest_messages.c.num == num, *self._mine(digest_messages))).first()
             if row is None:  # its organisation was deleted meanwhile
                 return
             values: dict = {"status": status, "attempts": row.attempts + (error is not None or status == "sent")}
             if error is not None:
                 values["errors"] = [*row.errors, {**error, "at": _iso(utcnow())}]
+            if status in ("sent", "cancelled"):
+                values["message"] = b""  # kept only to resend the same bytes after an interruption; no copy lingers
             if status == "sent":
                 values["sent_at"] = utcnow()
             conn.execute(update(digest_messages).where(digest_messages.c.num == num).values(**values))
@@ -428,7 +531,7 @@ class Store:
     def digest_log(self, organisation_id: str | None = None) -> list[dict]:
         """The digest log (every message's status, items, attempts and errors), oldest first."""
         cols = [c for c in digest_messages.c if c.name != "message"]
-        query = select(*cols).order_by(digest_messages.c.num)
+        query = select(*cols).where(*self._mine(digest_messages)).order_by(digest_messages.c.num)
         if organisation_id is not None:
             query = query.where(digest_messages.c.organisation_id == organisation_id)
         with self.engine.connect() as conn:

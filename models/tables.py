@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    UniqueConstraint,
     Date,
     DateTime,
     Index,
@@ -27,11 +28,19 @@ from models.enums import EntityKind
 
 metadata = MetaData()
 
+DEFAULT_TENANT = "demo"  # the tenant of rows written before tenants existed (MATCHER_DEFAULT_TENANT's default)
+
+
+def _tenant_column():
+    # Every row of tenant data names its tenant; stores made before tenants existed put theirs in "demo".
+    return Column("tenant", String(64), nullable=False, server_default=DEFAULT_TENANT, index=True)
+
 
 def _entity_columns():
     return [
         Column("num", Integer, primary_key=True, autoincrement=True),
-        Column("id", String(128), nullable=False, unique=True),
+        _tenant_column(),
+        Column("id", String(128), nullable=False),
         Column("data", JSON, nullable=False),
         Column("country", String(2), index=True),
         Column("created_at", DateTime(timezone=True), nullable=False),
@@ -52,6 +61,7 @@ organisations = Table(
     *_entity_columns(),
     Column("type", String(32), nullable=False, index=True),
     Column("email_opt_in", Boolean, nullable=False, default=False),
+    UniqueConstraint("tenant", "id", name="uq_organisations_tenant_id"),
     sqlite_autoincrement=True,
 )
 
@@ -62,6 +72,7 @@ challenges = Table(
     Column("status", String(16), nullable=False, index=True),
     Column("owner_id", String(128), index=True),
     Column("deadline", Date),
+    UniqueConstraint("tenant", "id", name="uq_challenges_tenant_id"),
     sqlite_autoincrement=True,
 )
 
@@ -79,6 +90,7 @@ changes = Table(
     metadata,
     Column("change_id", Integer, primary_key=True, autoincrement=True),
     Column("seq", Integer, nullable=False),
+    _tenant_column(),
     Column("kind", String(16), nullable=False),
     Column("entity_id", String(128), nullable=False),
     Column("num", Integer, nullable=False),
@@ -97,6 +109,7 @@ digest_messages = Table(
     "digest_messages",
     metadata,
     Column("num", Integer, primary_key=True, autoincrement=True),
+    _tenant_column(),
     Column("message_id", String(255), nullable=False, unique=True),
     Column("organisation_id", String(128), nullable=False, index=True),
     Column("status", String(16), nullable=False),  # "pending" | "sent" | "failed" | "cancelled"
@@ -115,6 +128,7 @@ jobs = Table(
     "jobs",
     metadata,
     Column("id", String(64), primary_key=True),
+    _tenant_column(),
     Column("kind", String(32), nullable=False),
     Column("status", String(16), nullable=False, index=True),  # queued | running | done | failed
     Column("params", JSON, nullable=False),
@@ -134,4 +148,28 @@ job_results = Table(
     Column("job_id", String(64), primary_key=True),
     Column("line", Integer, primary_key=True, autoincrement=False),
     Column("result", JSON, nullable=False),
+)
+
+# Tenants: the platforms this service holds data for. Every entity, job and digest row names one, and an API
+# key sees only its own tenant's rows (service/auth.py).
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# API keys (models/keys.py): only a SHA-256 of the secret is stored; the key itself is shown once, at creation.
+# ``rate_limit`` (requests a minute) overrides MATCHER_RATE_LIMIT for this key.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),  # the public part of the key: mk_<id>_<secret>
+    Column("tenant", String(64), nullable=False, index=True),
+    Column("scopes", JSON, nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("label", String(200)),
+    Column("rate_limit", Integer),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
 )

@@ -7,20 +7,22 @@ from flask import Flask
 
 from matcher.engine import Engine
 from models.enums import EntityKind
+from service import auth
 from service.config import Settings, flask_config
 from service.errors import register_error_handlers
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
     """Build the app. The engine's model and indexes load on first use (gunicorn loads them per worker)."""
-    settings = settings or Settings.from_env()
+    settings = settings or (engine.settings if engine is not None else Settings.from_env())
+    auth.check_bind(settings, [settings.host])
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = Flask(__name__)
     app.config.update(flask_config(settings))
     app.json.sort_keys = False
     app.extensions["matcher.engine"] = engine or Engine(settings).open()
 
-    from service.api import consortia, entities, health, jobs, match, unsubscribe
+    from service.api import consortia, entities, health, jobs, keys, match, unsubscribe
 
     app.register_blueprint(entities.make_blueprint(EntityKind.organisations))
     app.register_blueprint(entities.make_blueprint(EntityKind.challenges))
@@ -29,5 +31,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.register_blueprint(unsubscribe.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(consortia.bp)
+    app.register_blueprint(keys.bp)
+    auth.init_app(app)
     register_error_handlers(app)
     return app

@@ -13,9 +13,11 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: list[dict] | None = None):
+    def __init__(self, status: int, code: str, message: str, details: list[dict] | None = None,
+                 headers: dict | None = None):
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details or []
+        self.headers = headers or {}
 
 
 def error_response(status: int, code: str, message: str, details: list[dict] | None = None):
@@ -31,7 +33,9 @@ def invalid(field: str, problem: str) -> ApiError:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.details)
+        response = error_response(exc.status, exc.code, exc.message, exc.details)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(InvalidInput)
     def _invalid(exc: InvalidInput):

@@ -7,8 +7,10 @@ hangs the workers). Each worker then limits torch to MATCHER_TORCH_THREADS threa
 database connections, warms the model up and loads its indexes before it takes requests.
 """
 from matcher.settings import Settings
+from service import auth, ratelimit
 
 _settings = Settings.from_env()
+ratelimit.share()  # before the app is preloaded and the workers fork: one set of rate-limit buckets for all
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
@@ -25,6 +27,10 @@ access_log_format = '%(h)s pid=%(p)s "%(r)s" %(s)s %(b)s %(M)sms'
 
 def _engine(app):
     return app.extensions["matcher.engine"]
+
+
+def on_starting(server):
+    auth.check_bind(_settings, server.cfg.bind)  # MATCHER_AUTH=off: loopback only, whatever -b says
 
 
 def when_ready(server):
@@ -58,5 +64,6 @@ def post_worker_init(worker):
     torch.set_num_threads(_settings.torch_threads)
     engine = _engine(worker.wsgi)
     engine.encoder.encode(["warm-up"])
-    engine.load_indexes()
-    worker.log.info("worker %s ready: %s", worker.pid, engine.status()["indexed"])
+    for tenant_engine in engine.all_tenants():
+        tenant_engine.load_indexes()
+    worker.log.info("worker %s ready: %s", worker.pid, engine.status_all()["indexed"])

@@ -48,7 +48,8 @@ def db_url(tmp_path) -> str:
 
 @pytest.fixture
 def settings(tmp_path, db_url) -> Settings:
-    return Settings.from_env(data_dir=tmp_path / "data", db_url=db_url, load_demo=False, snapshot_every=500)
+    # Without API keys (MATCHER_AUTH=off): tests/service/test_auth.py tests the keys, scopes and tenants.
+    return Settings.from_env(data_dir=tmp_path / "data", db_url=db_url, load_demo=False, snapshot_every=500, auth=False)
 
 
 @pytest.fixture

@@ -10,20 +10,24 @@ from flask import Blueprint, request
 from models.countries import normalise_country
 from models.enums import ChallengeStatus, EntityKind, OrgType
 from models.schemas import ID_PATTERN, MAX_BULK_ITEMS
-from service.api import engine, json_body
+from service.api import engine, json_body, scopes
+from service.auth import can_see_contact
 from service.errors import invalid
 
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
 
-# Write-only fields: stored (contact_email is where digests go) but never returned, not even to the caller
-# that wrote them. A PUT that omits one keeps the stored value; PATCH or PUT with null removes it.
-WRITE_ONLY = {EntityKind.organisations: ("contact_email",), EntityKind.challenges: ()}
+# Personal fields: stored (contact_email is where digests go) and returned only to keys that may write the
+# profile (write or admin scope, of its own tenant: no key ever sees another tenant's rows). A PUT that omits
+# one keeps the stored value; PATCH or PUT with null removes it.
+PERSONAL = {EntityKind.organisations: ("contact_email",), EntityKind.challenges: ()}
 
 
 def public(kind: EntityKind, doc: dict) -> dict:
-    """An entity as the API returns it: without its write-only fields."""
-    return {k: v for k, v in doc.items() if k not in WRITE_ONLY[kind]}
+    """An entity as the API returns it to this request's key: without personal fields unless it may write."""
+    if can_see_contact(scopes()):
+        return doc
+    return {k: v for k, v in doc.items() if k not in PERSONAL[kind]}
 
 
 def encode_cursor(last_id: str) -> str:
@@ -108,9 +112,9 @@ def make_blueprint(kind: EntityKind) -> Blueprint:
     @bp.put("/<entity_id>")
     def replace(entity_id):
         body = json_body()
-        if isinstance(body, dict) and any(f not in body for f in WRITE_ONLY[kind]):
+        if isinstance(body, dict) and any(f not in body for f in PERSONAL[kind]):
             stored = engine().get(kind, entity_id)
-            body = {**{f: stored[f] for f in WRITE_ONLY[kind] if stored.get(f) is not None}, **body}
+            body = {**{f: stored[f] for f in PERSONAL[kind] if stored.get(f) is not None}, **body}
         return public(kind, engine().replace(kind, entity_id, body))
 
     @bp.patch("/<entity_id>")

@@ -18,8 +18,9 @@ def healthz():
 def readyz():
     eng = engine()
     try:
-        eng.sync()
-        status = eng.status()
+        for tenant_engine in eng.all_tenants():
+            tenant_engine.sync()
+        status = eng.status_all()
     except Exception as exc:  # the store is unreachable, say
         return {"ready": False, "error": str(exc)}, 503
     return status, 200 if status["ready"] else 503

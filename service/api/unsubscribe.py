@@ -30,9 +30,10 @@ def unsubscribe():
         return _refuse("invalid_request", "missing: use the link from the e-mail")
     eng = engine()
     try:
-        org_id = read_unsubscribe_token(eng.settings, token)
+        tenant, org_id = read_unsubscribe_token(eng.settings, token)
     except TokenError as exc:
         return _refuse("expired_token" if exc.expired else "invalid_token", str(exc))
+    eng = eng.for_tenant(tenant)
     org = eng.store.get(EntityKind.organisations, org_id)
     if org is not None and org.get("email_opt_in"):
         eng.patch(EntityKind.organisations, org_id, {"email_opt_in": False})

@@ -392,4 +392,5 @@ def test_generated_secret_key_is_kept_private_and_stable(settings):
     key = secret_key(settings)
     path = settings.data_dir / "secret_key"
     assert len(key) >= 48 and path.stat().st_mode & 0o777 == 0o600 and secret_key(settings) == key
-    assert read_unsubscribe_token(settings, make_unsubscribe_token(settings, "voltgrid")) == "voltgrid"
+    assert read_unsubscribe_token(settings, make_unsubscribe_token(settings, "voltgrid")) == (settings.default_tenant, "voltgrid")
+    assert read_unsubscribe_token(settings, make_unsubscribe_token(settings, "voltgrid", "other")) == ("other", "voltgrid")

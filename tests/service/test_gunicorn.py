@@ -23,9 +23,10 @@ def free_port() -> int:
 
 
 def service_env(data, port, **settings) -> dict:
-    """The environment of a service on its own data dir and port (MATCHER_* settings given by name)."""
+    """The environment of a service on its own data dir and port (MATCHER_* settings given by name); without
+    API keys (MATCHER_AUTH=off, on loopback) unless ``auth="on"`` is given."""
     env = {**os.environ, "MATCHER_DATA_DIR": str(data), "MATCHER_PORT": str(port), "MATCHER_LOAD_DEMO": "0",
-           "HF_HUB_OFFLINE": "1", **{f"MATCHER_{k.upper()}": str(v) for k, v in settings.items()}}
+           "HF_HUB_OFFLINE": "1", "MATCHER_AUTH": "off", **{f"MATCHER_{k.upper()}": str(v) for k, v in settings.items()}}
     env.pop("MATCHER_DB_URL", None)
     return env
 

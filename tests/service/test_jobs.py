@@ -78,7 +78,7 @@ def test_a_job_whose_worker_died_is_resumed_by_another(client, stocked):
 
     first.engine.match_many = dies_after_one_chunk
     with pytest.raises(SystemExit):
-        first.run(job_id)
+        first.run(job_id, claimed["tenant"])
     first.engine.match_many = real
     assert store.get(job_id)["status"] == "running" and store.get(job_id)["progress"]["done"] == 16
     with stocked.store.engine.begin() as conn:  # its lease runs out

@@ -1,0 +1,276 @@
+"""Access: API keys and scopes, tenants that never see each other, contact data, erasure and rate limits."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+from sqlalchemy import select
+
+from matcher.engine import Engine
+from models.enums import EntityKind
+from models.jobs import JobStore
+from models.keys import KeyStore
+from models.tables import changes
+from tests.conftest import ORGS, ROOT
+
+ORG = EntityKind.organisations
+ADDRESS = "hello@voltgrid.example.org"
+
+
+@pytest.fixture
+def secured(settings, encoder):
+    """An app with MATCHER_AUTH on, and a key per (tenant, scopes) made on demand."""
+    from service import create_app
+
+    settings = dataclasses.replace(settings, auth=True, rate_limit=0)
+    engine = Engine(settings, encoder=encoder).open()
+    app = create_app(settings, engine)
+    app.config.update(TESTING=True)
+    made: dict = {}
+
+    def key(tenant: str, scopes: str = "read,match,write,admin", **kwargs) -> dict:
+        if (tenant, scopes) not in made or kwargs:
+            secret, _ = KeyStore(engine.store).create(tenant, scopes, **kwargs)
+            made[(tenant, scopes)] = {"Authorization": f"Bearer {secret}"}
+        return made[(tenant, scopes)]
+
+    return app.test_client(), engine, key
+
+
+def _two_tenants(client, key):
+    """Tenant a holds the ecosystem; tenant b holds its own 'voltgrid' (same id, other organisation) and one more."""
+    assert client.post("/v1/organisations/bulk", json={"items": [{**o, "contact_email": f"x@{o['id']}.example.org"} for o in ORGS]},
+                       headers=key("a")).status_code == 200
+    b_orgs = [{**ORGS[0], "name": "VoltGrid Logistics", "description": "Electric cargo bikes for last-mile parcel delivery."},
+              {"id": "harbour", "name": "Harbour Lab", "type": "university", "description": "Port logistics research and cargo flows."}]
+    assert client.post("/v1/organisations/bulk", json={"items": b_orgs}, headers=key("b")).status_code == 200
+
+
+def test_keys_are_required_and_errors_are_json(secured):
+    client, engine, key = secured
+    for headers, problem in [({}, "missing"), ({"Authorization": "Basic dXNlcjpwYXNz"}, "Bearer"),
+                             ({"Authorization": "Bearer mk_000000000000_" + "x" * 43}, "unknown"),
+                             ({"Authorization": "Bearer not-a-key"}, "unknown")]:
+        r = client.get("/v1/organisations", headers=headers)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+        error = r.get_json()["error"]
+        assert error["code"] == "unauthorized" and error["details"][0]["field"] == "Authorization"
+        assert problem in error["details"][0]["problem"]
+    for path in ("/healthz", "/openapi.json"):  # open
+        assert client.get(path).status_code == 200
+    assert client.get("/readyz").status_code in (200, 503)
+    # the key is stored hashed: its secret is nowhere in the database
+    secret = key("a")["Authorization"].split()[1]
+    with engine.store.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.exec_driver_sql("SELECT * FROM api_keys")]
+    assert rows and secret not in json.dumps(rows, default=str) and secret.split("_")[2] not in json.dumps(rows, default=str)
+
+
+@pytest.mark.parametrize("scopes, allowed", [
+    ("read", {"get"}),
+    ("match", {"match", "consortium"}),
+    ("write", {"create", "delete"}),
+    ("admin", {"job", "keys"}),
+])
+def test_scopes_are_enforced(secured, scopes, allowed):
+    client, _, key = secured
+    _two_tenants(client, key)
+    h = key("a", scopes)
+    calls = {
+        "get": lambda: client.get("/v1/organisations/lumen", headers=h),
+        "match": lambda: client.post("/v1/match", json={"query": {"text": "battery storage"}}, headers=h),
+        "consortium": lambda: client.post("/v1/consortia", json={"text": "battery storage pilots", "size": 2}, headers=h),
+        "create": lambda: client.post("/v1/challenges", json={"id": "c1", "title": "Storage", "description": "Batteries for a school."}, headers=h),
+        "delete": lambda: client.delete("/v1/organisations/recyclo", headers=h),
+        "job": lambda: client.post("/v1/jobs/batch-match", json={"queries": [{"text": "leaks"}]}, headers=h),
+        "keys": lambda: client.get("/v1/keys", headers=h),
+    }
+    for name, call in calls.items():
+        r = call()
+        if name in allowed:
+            assert r.status_code in (200, 201, 202, 204), (name, r.get_data(as_text=True))
+        else:
+            assert r.status_code == 403, (name, r.status_code)
+            error = r.get_json()["error"]
+            assert error["code"] == "forbidden" and error["details"][0]["field"] == "Authorization"
+
+
+def test_a_tenant_never_sees_another_tenants_data(secured):
+    client, engine, key = secured
+    _two_tenants(client, key)
+    a, b = key("a"), key("b")
+    # the same id names a different organisation in each tenant
+    assert client.get("/v1/organisations/voltgrid", headers=a).get_json()["name"] == "VoltGrid"
+    assert client.get("/v1/organisations/voltgrid", headers=b).get_json()["name"] == "VoltGrid Logistics"
+    # a's organisations do not exist for b: 404 on every path, never 403
+    for call in (lambda: client.get("/v1/organisations/lumen", headers=b),
+                 lambda: client.patch("/v1/organisations/lumen", json={"city": "Paris"}, headers=b),
+                 lambda: client.put("/v1/organisations/lumen", json=ORGS[2], headers=b),
+                 lambda: client.delete("/v1/organisations/lumen", headers=b),
+                 lambda: client.post("/v1/match", json={"query": {"organisation_id": "lumen"}}, headers=b)):
+        assert call().status_code == 404
+    assert {o["id"] for o in client.get("/v1/organisations", headers=b).get_json()["items"]} == {"voltgrid", "harbour"}
+    # matches rank b's own organisations only, whatever the query
+    for text in ("battery storage for microgrids", "leak detection in water pipes", "street lighting"):
+        r = client.post("/v1/match", json={"query": {"text": text}, "k": 20}, headers=b)
+        assert {m["id"] for m in r.get_json()["matches"]} <= {"voltgrid", "harbour"}
+        r = client.post("/v1/match/batch", json={"requests": [{"query": {"text": text}, "k": 20}]}, headers=b)
+        assert {m["id"] for m in r.get_json()["results"][0]["matches"]} <= {"voltgrid", "harbour"}
+    r = client.post("/v1/consortia", json={"text": "battery storage pilot", "size": 2, "must_include": ["lumen"]}, headers=b)
+    assert r.status_code in (400, 404) and "lumen" in r.get_data(as_text=True)
+    # b cannot own a challenge through a's organisation, nor write over a's rows with the same id
+    r = client.post("/v1/challenges", json={"id": "c1", "title": "T", "description": "D.", "owner_id": "lumen"}, headers=b)
+    assert r.status_code == 400 and r.get_json()["error"]["details"][0]["field"] == "owner_id"
+    assert client.put("/v1/organisations/recyclo", json={**ORGS[6], "name": "Taken"}, headers=b).status_code == 404
+    assert client.post("/v1/organisations", json={**ORGS[6], "name": "B's own Recyclo"}, headers=b).status_code == 201
+    assert client.get("/v1/organisations/recyclo", headers=a).get_json()["name"] == "Recyclo"
+    # jobs and keys are a tenant's own too
+    job = client.post("/v1/jobs/batch-match", json={"queries": [{"text": "battery"}]}, headers=a).get_json()
+    assert client.get(f"/v1/jobs/{job['id']}", headers=b).status_code == 404
+    assert client.get(f"/v1/jobs/{job['id']}/result", headers=b).status_code == 404
+    from matcher.jobs import JobWorker
+
+    JobWorker(engine).run_forever(once=True)
+    rows = client.get(f"/v1/jobs/{job['id']}/result", headers=a).get_json()["rows"]
+    assert rows and {r["match_id"] for r in rows} <= {o["id"] for o in ORGS}
+    a_key_id = client.get("/v1/keys", headers=a).get_json()["items"][0]["id"]
+    assert a_key_id not in {k["id"] for k in client.get("/v1/keys", headers=b).get_json()["items"]}
+    assert client.delete(f"/v1/keys/{a_key_id}", headers=b).status_code == 404
+    # in the engine: each tenant's indexes hold its own rows only
+    assert engine.for_tenant("b").status()["indexed"]["organisations"] == 3
+    assert engine.for_tenant("a").status()["indexed"]["organisations"] == len(ORGS)
+
+
+def test_contact_email_only_to_write_and_admin_keys(secured):
+    client, _, key = secured
+    _two_tenants(client, key)
+    for scopes, shown in (("read", False), ("read,match", False), ("read,write", True), ("read,admin", True)):
+        h = key("a", scopes)
+        bodies = [client.get("/v1/organisations/voltgrid", headers=h), client.get("/v1/organisations", headers=h)]
+        assert all(r.status_code == 200 for r in bodies)
+        assert all(("@" in r.get_data(as_text=True)) is shown for r in bodies), scopes
+    for scopes in ("match", "read,match,write,admin"):  # a match never carries it
+        r = client.post("/v1/match", json={"query": {"organisation_id": "aquasense"}, "k": 10}, headers=key("a", scopes))
+        assert r.status_code == 200 and "@" not in r.get_data(as_text=True)
+    r = client.patch("/v1/organisations/voltgrid", json={"city": "Delft"}, headers=key("a", "write"))
+    assert r.get_json()["contact_email"] == "x@voltgrid.example.org"
+    # b's write key sees b's voltgrid (which has no address), never a's address
+    assert "@" not in client.get("/v1/organisations/voltgrid", headers=key("b")).get_data(as_text=True)
+
+
+def test_read_edit_put_keeps_the_address_and_null_removes_it(client, engine):
+    """A client that cannot see the address (a read+write round trip without it) does not erase it by a PUT."""
+    client.post("/v1/organisations", json={**ORGS[0], "contact_email": ADDRESS})
+    doc = {k: v for k, v in client.get("/v1/organisations/voltgrid").get_json().items() if k != "contact_email"}
+    assert client.put("/v1/organisations/voltgrid", json={**doc, "name": "VoltGrid BV"}).status_code == 200
+    assert engine.store.get(ORG, "voltgrid")["contact_email"] == ADDRESS
+    assert client.put("/v1/organisations/voltgrid", json={**doc, "contact_email": "new@voltgrid.example.org"}).status_code == 200
+    assert engine.store.get(ORG, "voltgrid")["contact_email"] == "new@voltgrid.example.org"
+    assert client.patch("/v1/organisations/voltgrid", json={"contact_email": None}).status_code == 200
+    assert engine.store.get(ORG, "voltgrid").get("contact_email") is None
+
+
+def test_delete_erases_the_organisation_everywhere(secured):
+    client, engine, key = secured
+    _two_tenants(client, key)
+    a = key("a")
+    eng = engine.for_tenant("a")
+    # a digest to aquasense that names voltgrid, a pending one to lumen naming it, and voltgrid's own log
+    sent = eng.store.add_digest("aquasense", "<m1@x>", [{"kind": "organisations", "id": "voltgrid"}, {"kind": "organisations", "id": "lumen"}], b"VoltGrid ...")
+    eng.store.record_digest_attempt(sent, "sent")
+    eng.store.add_digest("lumen", "<m2@x>", [{"kind": "organisations", "id": "voltgrid"}], b"VoltGrid ...")
+    eng.store.add_digest("voltgrid", "<m3@x>", [{"kind": "organisations", "id": "lumen"}], b"...")
+    job = client.post("/v1/jobs/batch-match", json={"queries": [{"text": "battery storage controllers for microgrids"},
+                                                                {"organisation_id": "voltgrid"}], "k": 5}, headers=a).get_json()
+    from matcher.jobs import JobWorker
+
+    JobWorker(engine).run_forever(once=True)
+    assert "voltgrid" in json.dumps(client.get(f"/v1/jobs/{job['id']}/result", headers=a).get_json()["rows"])
+    snapshot = eng._snapshot_path(ORG)
+    eng.save_snapshots()
+    assert b"VoltGrid" in snapshot.read_bytes()
+
+    num = eng.indexes[ORG].num_of["voltgrid"]
+    assert client.delete("/v1/organisations/voltgrid", headers=a).status_code == 204
+
+    assert client.get("/v1/organisations/voltgrid", headers=a).status_code == 404
+    assert eng.store.digest_log("voltgrid") == []
+    log = {r["organisation_id"]: r for r in eng.store.digest_log()}
+    assert log["aquasense"]["matches"] == [{"kind": "organisations", "id": "lumen"}] and log["aquasense"]["status"] == "sent"
+    assert log["lumen"]["status"] == "cancelled" and log["lumen"]["matches"] == []
+    assert eng.store.pending_digests() == []
+    result = client.get(f"/v1/jobs/{job['id']}/result", headers=a).get_json()
+    assert "voltgrid" not in json.dumps(result["rows"]) and any("deleted" in e["problem"] for e in result["errors"])
+    with eng.store.engine.connect() as conn:
+        assert "voltgrid" not in {r.entity_id for r in conn.execute(select(changes.c.entity_id).where(changes.c.tenant == "a"))}
+    assert b"VoltGrid" not in snapshot.read_bytes()  # the snapshot on disk was rewritten without it
+    assert "voltgrid" not in eng.indexes[ORG].num_of and num not in eng.lexical[ORG]
+    for text in ("battery storage controllers for microgrids", "solar peaks"):
+        r = client.post("/v1/match", json={"query": {"text": text}, "k": 10}, headers=a)
+        assert "voltgrid" not in {m["id"] for m in r.get_json()["matches"]}
+    # tenant b's voltgrid is untouched
+    assert client.get("/v1/organisations/voltgrid", headers=key("b")).status_code == 200
+
+
+def test_rate_limit_answers_429_with_retry_after(secured, monkeypatch):
+    client, engine, key = secured
+    monkeypatch.setattr(engine, "settings", dataclasses.replace(engine.settings, rate_limit=600, rate_burst=3))
+    h = key("a", "read", rate_limit=6)  # 6 a minute, 3 at once
+    codes = [client.get("/v1/organisations", headers=h) for _ in range(5)]
+    assert [r.status_code for r in codes] == [200, 200, 200, 429, 429]
+    limited = codes[-1]
+    assert 1 <= int(limited.headers["Retry-After"]) <= 10
+    assert limited.get_json()["error"]["code"] == "rate_limited" and limited.get_json()["error"]["details"][0]["field"] == "Authorization"
+    assert codes[0].headers["X-RateLimit-Limit"] == "6"
+    assert client.get("/v1/organisations", headers=key("a", "read,match")).status_code == 200  # another key has its own
+
+
+def test_keys_over_the_api_and_revocation(secured):
+    client, _, key = secured
+    admin = key("a", "admin")
+    r = client.post("/v1/keys", json={"scopes": ["read"], "label": "frontend"}, headers=admin)
+    assert r.status_code == 201 and r.get_json()["tenant"] == "a" and r.get_json()["key"].startswith("mk_")
+    new = {"Authorization": f"Bearer {r.get_json()['key']}"}
+    assert client.get("/v1/organisations", headers=new).status_code == 200
+    assert client.post("/v1/keys", json={"scopes": ["root"]}, headers=admin).get_json()["error"]["details"][0]["field"] == "scopes"
+    listed = client.get("/v1/keys", headers=admin).get_json()["items"]
+    assert len(listed) == 2 and all("key" not in k and "secret_hash" not in k for k in listed)
+    assert client.delete(f"/v1/keys/{r.get_json()['id']}", headers=admin).status_code == 204
+    assert client.get("/v1/organisations", headers=new).status_code == 401
+
+
+def test_keys_cli_create_use_revoke(tmp_path, secured):
+    client, engine, _ = secured
+    env = {"MATCHER_DATA_DIR": str(engine.settings.data_dir), "MATCHER_DB_URL": engine.settings.db_url, "HF_HUB_OFFLINE": "1",
+           "PATH": "/usr/bin:/bin"}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "matcher", "keys", *args], cwd=ROOT, env=env,  # noqa: E731
+                                       capture_output=True, text=True, timeout=120)
+    made = run("create", "--tenant", "cli-tenant", "--scopes", "read,write")
+    assert made.returncode == 0, made.stderr
+    secret = made.stdout.strip()
+    assert secret.startswith("mk_") and "not shown again" in made.stderr
+    h = {"Authorization": f"Bearer {secret}"}
+    assert client.get("/v1/organisations", headers=h).status_code == 200
+    assert client.post("/v1/match", json={"query": {"text": "x"}}, headers=h).status_code == 403
+    assert run("create", "--tenant", "t", "--scopes", "read,root").returncode == 2
+    key_id = secret.split("_")[1]
+    assert key_id in run("list").stdout and secret not in run("list").stdout
+    assert run("revoke", key_id).returncode == 0
+    assert client.get("/v1/organisations", headers=h).status_code == 401
+    assert run("revoke", key_id).returncode == 1
+
+
+def test_auth_off_is_refused_beyond_loopback(settings, engine):
+    from service import create_app
+    from service.auth import check_bind, is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.0.0.1:8000", "localhost:80", "[::1]:8000", "::1", "unix:/tmp/s.sock"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "0.0.0.0:8000", "10.1.2.3:80", "[::]:8000", "example.org:80"))
+    with pytest.raises(SystemExit, match="loopback"):
+        create_app(dataclasses.replace(settings, host="0.0.0.0", auth=False), engine)
+    with pytest.raises(SystemExit):
+        check_bind(dataclasses.replace(settings, auth=False), ["127.0.0.1:8000", "0.0.0.0:8001"])
+    check_bind(dataclasses.replace(settings, auth=True), ["0.0.0.0:8000"])  # with keys: anywhere
