@@ -18,6 +18,9 @@ from models.schemas import (
     OrganisationIn,
 )
 
+from models.keys import SCOPES
+from service.auth import required_scope
+
 REF = "#/components/schemas/{model}"
 
 
@@ -54,8 +57,10 @@ ERROR = {
 
 
 def _errors(*codes: int) -> dict:
-    text = {400: "Invalid input; details name each field", 404: "Unknown id", 409: "The id exists already",
-            413: "Body too large", 503: "Not ready"}
+    text = {400: "Invalid input; details name each field", 401: "Missing, unknown or revoked API key",
+            403: "The API key lacks the scope this endpoint needs", 404: "Unknown id (in this key's tenant)",
+            409: "The id exists already", 413: "Body too large",
+            429: "Over the key's rate limit; Retry-After says when to try again", 503: "Not ready"}
     return {str(c): {"description": text[c], **_json(_ref("Error"))} for c in codes}
 
 
@@ -136,9 +141,9 @@ def openapi_spec() -> dict:
     )
     components = dict(schemas.get("$defs", {}))
     components["Error"] = ERROR
-    # Write-only: stored for the e-mail digests, never returned (see service/api/entities.py).
+    # Personal data: returned to write/admin keys only (see service/api/entities.py).
     components["OrganisationIn"]["properties"]["contact_email"].update(
-        writeOnly=True, description="Where digests go (with email_opt_in). Never returned by the API.")
+        description="Where digests go (with email_opt_in). Returned only to API keys with the write or admin scope.")
     paths = {}
     paths.update(_entity_paths("organisations", "OrganisationIn",
                                [{"name": "type", "in": "query", "schema": {"type": "string", "enum": components["OrgType"]["enum"]}}]))
@@ -166,10 +171,63 @@ def openapi_spec() -> dict:
     paths["/readyz"] = {"get": {"summary": "Model loaded and indexes in sync with the store",
                                 "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}}
     paths["/openapi.json"] = {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
+    paths.update(_key_paths())
+    _secure(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Partner matching for innovation ecosystems", "version": "1.0.0",
                  "description": "Stores organisation profiles and challenges, embeds them, and returns ranked, explained partner matches."},
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": {"bearerAuth": {
+            "type": "http", "scheme": "bearer",
+            "description": "An API key (mk_...) from `python -m matcher keys create` or POST /v1/keys. It sees its tenant's data "
+                           "only; scopes: read (GET), match (match and consortia), write (create, change, delete), admin (jobs, keys)."}}},
+        "security": [{"bearerAuth": []}],
     }
+
+
+def _key_paths() -> dict:
+    record = {"type": "object", "required": ["id", "tenant", "scopes"], "properties": {
+        "id": {"type": "string"}, "tenant": {"type": "string"},
+        "scopes": {"type": "array", "items": {"type": "string", "enum": list(SCOPES)}},
+        "label": {"type": ["string", "null"]}, "rate_limit": {"type": ["integer", "null"]},
+        "created_at": {"type": "string"}, "revoked_at": {"type": ["string", "null"]}}}
+    new = {"type": "object", "required": ["scopes"], "additionalProperties": False, "properties": {
+        "scopes": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(SCOPES)}},
+        "label": {"type": "string", "maxLength": 200},
+        "rate_limit": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "description": "requests a minute"}}}
+    return {
+        "/v1/keys": {
+            "get": {"summary": "The API keys of this key's tenant (never the keys themselves)",
+                    "responses": {"200": {"description": "Keys", **_json({"type": "object", "properties": {
+                        "items": {"type": "array", "items": record}}})}}},
+            "post": {"summary": "A new API key for this key's tenant; `key` is shown this once",
+                     "requestBody": {"required": True, **_json(new)},
+                     "responses": {"201": {"description": "Created", **_json({"allOf": [record, {
+                         "type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}}]})},
+                         **_errors(400, 413)}}},
+        "/v1/keys/{id}": {
+            "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "delete": {"summary": "Revoke a key of this tenant, at once", "responses": {"204": {"description": "Revoked"}, **_errors(404)}}},
+    }
+
+
+_BLUEPRINT_OF = {"/v1/organisations": "organisations", "/v1/challenges": "challenges", "/v1/match": "match",
+                 "/v1/consortia": "consortia", "/v1/jobs": "jobs", "/v1/keys": "keys", "/v1/unsubscribe": "unsubscribe"}
+
+
+def _secure(paths: dict) -> None:
+    """Mark each operation with the scope it needs (service/auth.py decides the same way) and the 401/403/429
+    it can answer; the open ones (health, spec, unsubscribe link) need no key."""
+    for path, item in paths.items():
+        blueprint = next((b for prefix, b in _BLUEPRINT_OF.items() if path == prefix or path.startswith(prefix + "/")), "health")
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            scope = required_scope(blueprint, method.upper())
+            if scope is None:
+                op["security"] = []
+                continue
+            op["x-required-scope"] = scope
+            op["description"] = (op.get("description", "") + f" Needs an API key with the `{scope}` scope.").strip()
+            op["responses"].update(_errors(401, 403, 429))

@@ -274,3 +274,25 @@ def test_auth_off_is_refused_beyond_loopback(settings, engine):
     with pytest.raises(SystemExit):
         check_bind(dataclasses.replace(settings, auth=False), ["127.0.0.1:8000", "0.0.0.0:8001"])
     check_bind(dataclasses.replace(settings, auth=True), ["0.0.0.0:8000"])  # with keys: anywhere
+
+
+def test_the_spec_names_each_operations_scope_and_the_server_enforces_it(secured):
+    client, _, key = secured
+    spec = client.get("/openapi.json").get_json()
+    assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer" and spec["security"] == [{"bearerAuth": []}]
+    checked = 0
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            if op.get("security") == []:
+                assert path in ("/healthz", "/readyz", "/openapi.json", "/v1/unsubscribe"), path
+                continue
+            scope = op["x-required-scope"]
+            assert {"401", "403", "429"} <= set(op["responses"]), (path, method)
+            others = ",".join(s for s in ("read", "match", "write", "admin") if s != scope)
+            r = client.open(path.replace("{id}", "x"), method=method.upper(), json={}, headers=key("a", others))
+            assert r.status_code == 403 and scope in r.get_json()["error"]["message"], (path, method, r.status_code)
+            assert client.open(path.replace("{id}", "x"), method=method.upper(), json={}).status_code == 401
+            checked += 1
+    assert checked >= 18

@@ -7,6 +7,6 @@ def test_spec_has_jobs_and_consortia(client):
     assert {"BatchJobRequest", "Job", "ConsortiumRequest", "ConsortiumResponse"} <= set(schemas)
     post = spec["paths"]["/v1/jobs/batch-match"]["post"]
     assert "202" in post["responses"] and post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("BatchJobRequest")
-    assert set(spec["paths"]["/v1/jobs/{id}/result"]["get"]["responses"]) == {"200", "404", "409"}
+    assert set(spec["paths"]["/v1/jobs/{id}/result"]["get"]["responses"]) == {"200", "401", "403", "404", "409", "429"}
     assert "required_types" in schemas["ConsortiumRequest"]["properties"]
     assert "200" in spec["paths"]["/v1/consortia"]["post"]["responses"]
