@@ -1,8 +1,6 @@
 """The Flask service. ``create_app()`` is the factory gunicorn and the tests call."""
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
 from matcher.engine import Engine
@@ -10,13 +8,14 @@ from models.enums import EntityKind
 from service import auth
 from service.config import Settings, flask_config
 from service.errors import register_error_handlers
+from service.logging_setup import configure_logging
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
     """Build the app. The engine's model and indexes load on first use (gunicorn loads them per worker)."""
     settings = settings or (engine.settings if engine is not None else Settings.from_env())
     auth.check_bind(settings, [settings.host])
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)
     app = Flask(__name__)
     app.config.update(flask_config(settings))
     app.json.sort_keys = False

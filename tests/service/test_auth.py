@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -296,3 +297,78 @@ def test_the_spec_names_each_operations_scope_and_the_server_enforces_it(secured
             assert client.open(path.replace("{id}", "x"), method=method.upper(), json={}).status_code == 401
             checked += 1
     assert checked >= 18
+
+
+def test_make_run_flow_keys_tenants_and_shared_rate_limits_over_gunicorn(tmp_path):
+    """As a user runs it: `matcher init` prints the demo key; gunicorn (2 workers) asks for keys, keeps tenants
+    apart, and both workers draw on one rate-limit bucket per key; MATCHER_AUTH=off will not bind beyond loopback."""
+    import re
+    import stat
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    from tests.service.test_gunicorn import free_port, service_env, start_gunicorn, stop_gunicorn
+
+    data = tmp_path / "data"
+    env = service_env(data, free_port(), workers=2, auth="on", rate_limit=600, rate_burst=6, job_runner=0)
+    matcher = lambda *args: subprocess.run([sys.executable, "-m", "matcher", *args], cwd=ROOT, env=env,  # noqa: E731
+                                           capture_output=True, text=True, timeout=300)
+    init = matcher("-q", "init")
+    assert init.returncode == 0, init.stderr
+    demo = re.search(r"mk_[a-z0-9]+_[A-Za-z0-9_-]+", init.stdout).group(0)
+    assert stat.S_IMODE((data / "demo_key").stat().st_mode) == 0o600 and demo in matcher("-q", "init").stdout  # kept
+    other = matcher("keys", "create", "--tenant", "other", "--scopes", "read,write").stdout.strip()
+    limited = matcher("keys", "create", "--tenant", "other", "--scopes", "read", "--rate-limit", "2").stdout.strip()
+    proc, base, log = start_gunicorn(env, data / "gunicorn.log")
+    try:
+        bearer = lambda key: {"Authorization": f"Bearer {key}", "Connection": "close"}  # noqa: E731
+        assert requests.get(f"{base}/v1/organisations", timeout=30).status_code == 401
+        r = requests.post(f"{base}/v1/organisations", json=ORGS[0], headers=bearer(other), timeout=120)
+        assert r.status_code == 201
+        assert requests.get(f"{base}/v1/organisations/voltgrid", headers=bearer(demo), timeout=30).status_code == 404
+        assert requests.get(f"{base}/v1/organisations/voltgrid", headers=bearer(other), timeout=30).status_code == 200
+        r = requests.post(f"{base}/v1/match", json={"query": {"text": "battery storage"}}, headers=bearer(demo), timeout=60)
+        assert r.status_code == 200 and "voltgrid" not in {m["id"] for m in r.json()["matches"]}
+        # 'limited' may make 6 requests at once (MATCHER_RATE_BURST), then 2 a minute, across both workers
+        with ThreadPoolExecutor(2) as pool:
+            codes = list(pool.map(lambda _: requests.get(f"{base}/v1/organisations?limit=1", headers=bearer(limited),
+                                                         timeout=30), range(14)))
+        assert sorted(r.status_code for r in codes) == [200] * 6 + [429] * 8
+        assert all(int(r.headers["Retry-After"]) >= 1 for r in codes if r.status_code == 429)
+        served = set(re.findall(r'pid=<?(\d+)>? "GET /v1/organisations\?limit=1', open(data / "gunicorn.log").read()))
+        assert len(served) == 2, "both workers should have answered the limited key"
+    finally:
+        stop_gunicorn(proc, log)
+    # MATCHER_AUTH=off on a public address: gunicorn refuses to start, and says why
+    refused = subprocess.run([os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-c", "service/gunicorn_conf.py",
+                              "service:create_app()"], cwd=ROOT, env={**env, "MATCHER_AUTH": "off", "MATCHER_HOST": "0.0.0.0"},
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode != 0 and "loopback" in refused.stdout + refused.stderr
+
+
+def test_addresses_never_reach_the_logs(secured, monkeypatch):
+    import io
+    import logging
+
+    from service.logging_setup import configure_logging
+
+    client, engine, key = secured
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logging.getLogger().addHandler(handler)
+    try:
+        configure_logging("info")
+        client.post("/v1/organisations", json={**ORGS[0], "contact_email": ADDRESS}, headers=key("a"))
+
+        def fails(*_):
+            raise RuntimeError(f"could not read the profile of {ADDRESS}")
+
+        monkeypatch.setattr(Engine, "get", fails)
+        r = client.get("/v1/organisations/voltgrid", headers=key("a"))
+        assert r.status_code == 500 and ADDRESS not in r.get_data(as_text=True)
+        logging.getLogger("matcher.digest").info("sending to %s", ADDRESS)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    text = out.getvalue()
+    assert "unhandled error" in text and "RuntimeError" in text and "<e-mail>" in text and ADDRESS not in text
