@@ -64,7 +64,10 @@ def cmd_init(args) -> int:
     status = engine.status_all()
     print(f"store ready: {status['indexed']['organisations']} organisations, {status['indexed']['challenges']} challenges "
           f"in {status['tenants']} tenant(s), indexed with {status['model']} ({engine.settings.db_url.split('://')[0]})")
-    if engine.settings.auth:
+    if engine.settings.auth and not load:
+        print("no demo key (MATCHER_LOAD_DEMO=0): create keys with "
+              "python -m matcher keys create --tenant T --scopes read,match,write,admin")
+    elif engine.settings.auth:
         print(f"demo tenant '{engine.tenant}', API key with every scope (kept in {demo_key_path(engine.settings)}):")
         print(f"  {demo_key(engine)}")
         print(f"  e.g. curl -H 'Authorization: Bearer {demo_key(engine)}' "

@@ -311,7 +311,7 @@ def test_make_run_flow_keys_tenants_and_shared_rate_limits_over_gunicorn(tmp_pat
     from tests.service.test_gunicorn import free_port, service_env, start_gunicorn, stop_gunicorn
 
     data = tmp_path / "data"
-    env = service_env(data, free_port(), workers=2, auth="on", rate_limit=600, rate_burst=6, job_runner=0)
+    env = service_env(data, free_port(), workers=2, auth="on", rate_limit=600, rate_burst=6, job_runner=0, load_demo=1)
     matcher = lambda *args: subprocess.run([sys.executable, "-m", "matcher", *args], cwd=ROOT, env=env,  # noqa: E731
                                            capture_output=True, text=True, timeout=300)
     init = matcher("-q", "init")
@@ -328,8 +328,10 @@ def test_make_run_flow_keys_tenants_and_shared_rate_limits_over_gunicorn(tmp_pat
         assert r.status_code == 201
         assert requests.get(f"{base}/v1/organisations/voltgrid", headers=bearer(demo), timeout=30).status_code == 404
         assert requests.get(f"{base}/v1/organisations/voltgrid", headers=bearer(other), timeout=30).status_code == 200
-        r = requests.post(f"{base}/v1/match", json={"query": {"text": "battery storage"}}, headers=bearer(demo), timeout=60)
-        assert r.status_code == 200 and "voltgrid" not in {m["id"] for m in r.json()["matches"]}
+        r = requests.post(f"{base}/v1/match", json={"query": {"text": "battery storage"}, "k": 20}, headers=bearer(demo), timeout=60)
+        demo_ids = {m["id"] for m in r.json()["matches"]}
+        assert r.status_code == 200 and len(demo_ids) == 20 and "voltgrid" not in demo_ids  # the demo tenant's own data
+        assert requests.get(f"{base}/v1/organisations/{min(demo_ids)}", headers=bearer(other), timeout=30).status_code == 404
         # 'limited' may make 6 requests at once (MATCHER_RATE_BURST), then 2 a minute, across both workers
         with ThreadPoolExecutor(2) as pool:
             codes = list(pool.map(lambda _: requests.get(f"{base}/v1/organisations?limit=1", headers=bearer(limited),
