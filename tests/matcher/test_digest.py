@@ -394,3 +394,28 @@ def test_generated_secret_key_is_kept_private_and_stable(settings):
     assert len(key) >= 48 and path.stat().st_mode & 0o777 == 0o600 and secret_key(settings) == key
     assert read_unsubscribe_token(settings, make_unsubscribe_token(settings, "voltgrid")) == (settings.default_tenant, "voltgrid")
     assert read_unsubscribe_token(settings, make_unsubscribe_token(settings, "voltgrid", "other")) == ("other", "voltgrid")
+
+
+def test_each_tenant_gets_digests_of_its_own_data_and_its_own_unsubscribe(mail_engine, mail_client, smtp):
+    """Tenant 'other' holds its own 'voltgrid' (same id, another address) and a challenge of its own: its run
+    mails only its organisation, about its challenge; its unsubscribe link turns off its voltgrid, not the
+    default tenant's."""
+    other = mail_engine.for_tenant("other")
+    other.upsert_many(EntityKind.organisations, [{**ORGS[0], "name": "VoltGrid Other", "contact_email": "ops@other.example.org",
+                                                 "email_opt_in": True},
+                                                {"id": "campus", "name": "Campus Estates", "type": "university",
+                                                 "description": "The university estates office runs the campus microgrid."}])
+    other.upsert_many(EntityKind.challenges, [_challenge("ch-other", "Microgrid batteries for a campus",
+                                                          "A campus wants battery storage and microgrid control.",
+                                                          deadline="2099-01-01", owner_id="campus")])
+    report = digest.run(other)
+    assert report.sent == ["voltgrid"] and len(smtp.messages) == 1
+    msg = smtp.parsed()[0]
+    body = msg.get_body(("plain",)).get_content()
+    assert msg["To"] == "ops@other.example.org" and "Microgrid batteries for a campus" in body
+    assert not any(c["title"] in body for c in CHALLENGES)  # nothing of the default tenant's
+    assert [r["organisation_id"] for r in other.store.digest_log()] == ["voltgrid"] and mail_engine.store.digest_log() == []
+    token = re.search(r"token=([\w.-]+)", msg["List-Unsubscribe"]).group(1)
+    assert mail_client.post(f"/v1/unsubscribe?token={token}").status_code == 200
+    assert other.store.get(EntityKind.organisations, "voltgrid")["email_opt_in"] is False
+    assert mail_engine.store.get(EntityKind.organisations, "voltgrid")["email_opt_in"] is True
