@@ -41,6 +41,15 @@ def _engine(args=None):
     return engine if tenant == engine.tenant else engine.for_tenant(tenant)
 
 
+def _tenant(text: str) -> str:
+    from models.store import check_tenant
+
+    try:
+        return check_tenant(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _engines(args) -> list:
     """The engine of --tenant, or of every tenant when it is not given."""
     engine = _engine(args)
@@ -324,9 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
     one_tenant = argparse.ArgumentParser(add_help=False)
-    one_tenant.add_argument("--tenant", help="the tenant whose data this reads and writes (default MATCHER_DEFAULT_TENANT)")
+    one_tenant.add_argument("--tenant", type=_tenant, help="the tenant whose data this reads and writes (default MATCHER_DEFAULT_TENANT)")
     any_tenant = argparse.ArgumentParser(add_help=False)
-    any_tenant.add_argument("--tenant", help="only this tenant (default: every tenant)")
+    any_tenant.add_argument("--tenant", type=_tenant, help="only this tenant (default: every tenant)")
 
     p = sub.add_parser("init", help="create the store; load the demo data when it is empty")
     p.add_argument("--demo", dest="demo", action="store_true", default=None, help="load the demo data if the store is empty")
@@ -413,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("keys", help="create, revoke and list API keys")
     keys = p.add_subparsers(dest="keys_command", required=True)
     k = keys.add_parser("create", help="a new key, printed once (only its hash is stored)")
-    k.add_argument("--tenant", required=True, help="the tenant the key sees (recorded if new)")
+    k.add_argument("--tenant", required=True, type=_tenant, help="the tenant the key sees (recorded if new)")
     k.add_argument("--scopes", required=True, help="comma-separated: read, match, write, admin")
     k.add_argument("--label", help="what the key is for")
     k.add_argument("--rate-limit", type=int, help="requests a minute (default MATCHER_RATE_LIMIT)")

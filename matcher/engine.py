@@ -29,7 +29,7 @@ from matcher.settings import Settings
 from matcher.text import entity_text, profile_terms_text, split_sentences, text_hash
 from models.enums import EntityKind, OrgType
 from models.schemas import InvalidInput, MatchRequest, validate_entities, validate_entity
-from models.store import EmbeddingRecord, NotFoundError, Store
+from models.store import EmbeddingRecord, NotFoundError, Store, check_tenant
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class Engine:
         family = self._family
         engine = family.engines.get(tenant)
         if engine is None:
+            check_tenant(tenant)
             with family.lock:
                 engine = family.engines.get(tenant)
                 if engine is None:
@@ -264,6 +265,8 @@ class Engine:
             gone = [n for n in nums if n not in present]
             index.remove(gone)
             self._remove_text(kind, gone)
+            if gone:  # sentences embedded on the fly are cached by their text: keep none of a deleted row's
+                self._sentences.clear()
         return sum(len(nums) for nums in touched.values())
 
     def status(self) -> dict:

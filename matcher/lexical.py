@@ -33,6 +33,7 @@ class LexicalIndex:
         self._lock = threading.Lock()
         self._matrix: sp.csc_matrix | None = None  # rows in the order of self.nums
         self.nums = np.zeros(0, np.int64)
+        self._removed = False  # rows were removed since the last build: their terms may be nobody's now
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -51,13 +52,26 @@ class LexicalIndex:
     def remove(self, nums: list[int]) -> None:
         with self._lock:
             for num in nums:
-                self._rows.pop(int(num), None)
+                self._removed |= self._rows.pop(int(num), None) is not None
             self._matrix = None
+
+    def _compact(self) -> None:
+        """Forget the terms no stored row uses any more (a deleted profile's words leave the vocabulary)."""
+        used = (np.unique(np.concatenate([ids for ids, _ in self._rows.values()])) if self._rows
+                else np.zeros(0, np.int64))
+        terms = list(self.vocab)  # in id order: ids are given in insertion order
+        remap = np.full(len(terms), -1, np.int32)
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        self.vocab = {terms[i]: j for j, i in enumerate(used.tolist())}
+        self._rows = {num: (remap[ids], counts) for num, (ids, counts) in self._rows.items()}
+        self._removed = False
 
     def _build(self) -> sp.csc_matrix:
         with self._lock:
             if self._matrix is not None:
                 return self._matrix
+            if self._removed:
+                self._compact()
             nums = np.fromiter(self._rows, np.int64, len(self._rows))
             n, width = len(nums), max(len(self.vocab), 1)
             if n == 0:

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
 
-from models.store import Store, _iso, utcnow
+from models.store import Store, _iso, check_tenant, utcnow
 from models.tables import api_keys
 
 SCOPES = ("read", "match", "write", "admin")
-TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _KEY = re.compile(r"^mk_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
 
 
@@ -47,12 +46,6 @@ def parse_scopes(text: str | list[str]) -> list[str]:
     return [s for s in SCOPES if s in scopes]
 
 
-def check_tenant(tenant: str) -> str:
-    if not isinstance(tenant, str) or not re.match(TENANT_PATTERN, tenant):
-        raise KeyRequestError("a tenant is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return tenant
-
-
 class KeyStore:
     def __init__(self, store: Store):
         self.store = store
@@ -60,7 +53,11 @@ class KeyStore:
     def create(self, tenant: str, scopes: str | list[str], *, label: str | None = None,
                rate_limit: int | None = None) -> tuple[str, dict]:
         """A new key for ``tenant`` (recorded if new): returns the key itself (shown once) and its record."""
-        tenant, scopes = check_tenant(tenant), parse_scopes(scopes)
+        try:
+            check_tenant(tenant)
+        except ValueError as exc:
+            raise KeyRequestError(str(exc)) from None
+        scopes = parse_scopes(scopes)
         if rate_limit is not None and rate_limit < 1:
             raise KeyRequestError("rate_limit must be a positive number of requests a minute")
         self.store.ensure_tenant(tenant)

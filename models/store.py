@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -86,6 +87,16 @@ class StoredVector:
     data: dict | None = None  # the document itself
 
 
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_tenant(tenant: str) -> str:
+    """A tenant name: 1-64 letters, digits, '.', '_' or '-' (it names a folder of index snapshots too)."""
+    if not isinstance(tenant, str) or not TENANT_PATTERN.match(tenant) or tenant in (".", ".."):
+        raise ValueError(f"tenant {tenant!r}: a tenant is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return tenant
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -129,7 +140,7 @@ def _columns(kind: EntityKind, doc: dict) -> dict:
 class Store:
     def __init__(self, url: str, echo: bool = False, tenant: str = DEFAULT_TENANT):
         self.url = url
-        self.tenant = tenant
+        self.tenant = check_tenant(tenant)
         kwargs: dict = {"echo": echo, "future": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
@@ -143,6 +154,7 @@ class Store:
         """The same database (and connection pool), seen as ``tenant``."""
         if tenant == self.tenant:
             return self
+        check_tenant(tenant)
         other = object.__new__(Store)
         other.__dict__.update(self.__dict__, tenant=tenant)
         return other
@@ -164,6 +176,7 @@ class Store:
 
     def ensure_tenant(self, tenant: str) -> None:
         """Record a tenant (idempotent)."""
+        check_tenant(tenant)
         with self.engine.begin() as conn:
             if conn.execute(select(tenants.c.id).where(tenants.c.id == tenant)).first() is None:
                 try:

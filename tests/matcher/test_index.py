@@ -63,3 +63,17 @@ def test_snapshot_round_trip_and_corruption_detected(index, tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(SnapshotError):
         VectorIndex.load(path, model="m", dim=16)
+
+
+def test_lexical_index_forgets_a_removed_rows_words():
+    from matcher.lexical import LexicalIndex
+
+    lex = LexicalIndex()
+    lex.upsert([1, 2, 3], ["battery storage for microgrids", "leak detection in water pipes", "battery recycling Zyxwvut"])
+    before = dict(zip(*lex.scores("battery")))
+    lex.remove([3])
+    nums, scores = lex.scores("battery zyxwvut")
+    assert "zyxwvut" not in lex.vocab and set(nums.tolist()) == {1, 2}
+    assert dict(zip(nums.tolist(), scores.tolist()))[1] > 0 and before[1] > 0
+    lex.upsert([4], ["water pipes and batteries"])
+    assert dict(zip(*lex.scores("water")))[4] > 0 and dict(zip(*lex.scores("pipes")))[2] > 0

@@ -374,3 +374,15 @@ def test_addresses_never_reach_the_logs(secured, monkeypatch):
         logging.getLogger().removeHandler(handler)
     text = out.getvalue()
     assert "unhandled error" in text and "RuntimeError" in text and "<e-mail>" in text and ADDRESS not in text
+
+
+def test_tenant_names_are_checked(engine):
+    """A tenant names a folder of index snapshots: nothing like a path gets through."""
+    for bad in ("../etc", "a/b", "", ".", "-x", "x" * 65):
+        with pytest.raises(ValueError):
+            engine.for_tenant(bad)
+        with pytest.raises(ValueError):
+            KeyStore(engine.store).create(bad, "read")
+    made = subprocess.run([sys.executable, "-m", "matcher", "keys", "create", "--tenant", "../x", "--scopes", "read"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 2 and "tenant" in made.stderr
