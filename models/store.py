@@ -165,6 +165,7 @@ class Store:
         """Create the tables if missing (idempotent, safe to run from several processes)."""
         metadata.create_all(self.engine)
         self._add_missing_columns()
+        self._key_entities_by_tenant()
         with self.engine.begin() as conn:
             if conn.execute(select(sync_state.c.seq).where(sync_state.c.id == 1)).first() is None:
                 try:
@@ -207,6 +208,44 @@ class Store:
                     elif column.server_default is not None:  # e.g. tenant: existing rows get the default
                         default = column.server_default.arg
                         conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind} NOT NULL DEFAULT '{default}'"))
+
+    def _key_entities_by_tenant(self) -> None:
+        """A store made before tenants had ids unique on their own; make them unique per tenant, keeping every
+        row and its ``num`` (the indexes' row id). SQLite cannot drop a column's UNIQUE, so its tables are rebuilt."""
+        from sqlalchemy import inspect
+
+        sqlite = self.engine.dialect.name == "sqlite"
+        for table in ENTITY_TABLES.values():
+            inspector = inspect(self.engine)
+            if sqlite:  # PRAGMA sees a column's inline UNIQUE too (an automatic index)
+                with self.engine.connect() as conn:
+                    unique = [row[1] for row in conn.exec_driver_sql(f"PRAGMA index_list({table.name})") if row[2]]
+                    if not any([r[2] for r in conn.exec_driver_sql(f'PRAGMA index_info("{name}")')] == ["id"] for name in unique):
+                        continue
+            else:
+                old = [u for u in inspector.get_unique_constraints(table.name) if u["column_names"] == ["id"]]
+                old_indexes = [i for i in inspector.get_indexes(table.name) if i["unique"] and i["column_names"] == ["id"]]
+                if not old and not old_indexes:
+                    continue
+            with self.engine.begin() as conn:
+                if not sqlite:
+                    for u in old:
+                        conn.exec_driver_sql(f'ALTER TABLE {table.name} DROP CONSTRAINT "{u["name"]}"')
+                    for i in old_indexes:
+                        conn.exec_driver_sql(f'DROP INDEX "{i["name"]}"')
+                    conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD CONSTRAINT uq_{table.name}_tenant_id UNIQUE (tenant, id)")
+                    continue
+                legacy = f"{table.name}_before_tenants"
+                for i in inspector.get_indexes(table.name):
+                    conn.exec_driver_sql(f'DROP INDEX "{i["name"]}"')
+                last = conn.exec_driver_sql("SELECT seq FROM sqlite_sequence WHERE name = ?", (table.name,)).scalar()
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} RENAME TO {legacy}")
+                table.create(conn)
+                columns = ", ".join(c.name for c in table.columns)
+                conn.exec_driver_sql(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {legacy}")
+                conn.exec_driver_sql(f"DROP TABLE {legacy}")
+                if last is not None:  # numbers of deleted rows are never given again
+                    conn.exec_driver_sql("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?", (last, table.name))
 
     def dispose(self) -> None:
         """Drop pooled connections (call in a child process after fork)."""

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from models.enums import EntityKind
@@ -94,3 +96,46 @@ def test_a_store_from_an_older_version_gets_the_new_columns(tmp_path):
     assert {"sentences", "sentence_vectors"} <= columns
     reopened.upsert(ORG, [(doc(1), emb(1))])
     assert reopened.embeddings_of(ORG, ["o001"])["o001"].sentences is None
+
+
+def test_a_store_from_before_tenants_keeps_its_rows_and_numbers_and_keys_ids_by_tenant(tmp_path):
+    """The first releases made ids unique on their own, without a tenant column: an upgrade puts every row in
+    the default tenant, keeps each row's num (and never gives a deleted row's num again), and lets another
+    tenant hold the same id."""
+    import sqlite3
+
+    from models.tables import DEFAULT_TENANT
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE organisations (num INTEGER PRIMARY KEY AUTOINCREMENT, id VARCHAR(128) NOT NULL UNIQUE, data JSON NOT NULL,
+            country VARCHAR(2), created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, text_hash VARCHAR(64),
+            embedding BLOB, embedding_model VARCHAR(500), type VARCHAR(32) NOT NULL, email_opt_in BOOLEAN NOT NULL);
+        CREATE INDEX ix_organisations_type ON organisations (type);
+        CREATE TABLE challenges (num INTEGER PRIMARY KEY AUTOINCREMENT, id VARCHAR(128) NOT NULL UNIQUE, data JSON NOT NULL,
+            country VARCHAR(2), created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, text_hash VARCHAR(64),
+            embedding BLOB, embedding_model VARCHAR(500), status VARCHAR(16) NOT NULL, owner_id VARCHAR(128), deadline DATE);
+        CREATE TABLE sync_state (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, store_uid VARCHAR(36) NOT NULL);
+        INSERT INTO sync_state VALUES (1, 3, 'abc');
+        CREATE TABLE changes (change_id INTEGER PRIMARY KEY AUTOINCREMENT, seq INTEGER NOT NULL, kind VARCHAR(16) NOT NULL,
+            entity_id VARCHAR(128) NOT NULL, num INTEGER NOT NULL, op VARCHAR(8) NOT NULL);
+    """)
+    for num in (1, 2, 3):
+        db.execute("INSERT INTO organisations (num, id, data, created_at, updated_at, type, email_opt_in) VALUES (?, ?, ?, "
+                   "'2026-01-01 00:00:00', '2026-01-01 00:00:00', 'sme', 0)", (num, f"o00{num}", json.dumps({**doc(num)})))
+    db.execute("DELETE FROM organisations WHERE num = 3")
+    db.commit()
+    db.close()
+    store = Store(f"sqlite:///{path}")
+    store.create_all()
+    assert {d["id"] for d in store.list(ORG)} == {"o001", "o002"} and store.tenant == DEFAULT_TENANT
+    assert sorted(store.get_by_nums(ORG, [1, 2])) == [1, 2]
+    other = store.scoped("other")
+    other.upsert(ORG, [(doc(1), emb(1))])  # the same id in another tenant
+    assert other.get(ORG, "o001") is not None and other.count(ORG) == 1 and store.count(ORG) == 2
+    new = store.upsert(ORG, [(doc(4), emb(4))])
+    assert max(store.get_by_nums(ORG, range(1, 10))) >= 5  # 3 was deleted, o001 of 'other' took 4: never reused
+    assert new[0]["id"] == "o004"
+    Store(f"sqlite:///{path}").create_all()  # a second start changes nothing
+    assert store.count(ORG) == 3
