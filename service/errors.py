@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 from models.schemas import InvalidInput
@@ -59,6 +60,15 @@ def register_error_handlers(app: Flask) -> None:
         code = (exc.name or "error").lower().replace(" ", "_")
         details = [{"field": "body", "problem": "larger than the server accepts"}] if exc.code == 413 else []
         return error_response(exc.code or 500, code, exc.description or exc.name, details)
+
+    @app.errorhandler(OperationalError)
+    def _store_unavailable(exc: OperationalError):
+        # The database cannot be reached, or a lock was not granted within its busy timeout (60 s on SQLite):
+        # nothing was written, and the same request may succeed shortly.
+        log.error("store unavailable: %s", exc.orig)
+        response = error_response(503, "store_unavailable", "the store is busy or unreachable; nothing was written, try again")
+        response.headers["Retry-After"] = "5"
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

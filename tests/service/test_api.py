@@ -179,3 +179,33 @@ def test_body_size_limit(settings, engine):
     small = create_app(settings.__class__(**{**settings.__dict__, "max_body_bytes": 1000}), engine).test_client()
     r = small.post("/v1/organisations", json={"name": "x", "type": "sme", "description": "y" * 2000})
     assert r.status_code == 413 and error_fields(r) == {"body"}
+
+
+def test_a_busy_or_unreachable_store_is_a_503_json_error_and_writes_nothing(client, engine):
+    """A write lock held elsewhere past the busy timeout: 503 with Retry-After, not a 500, and nothing stored."""
+    import sqlite3
+
+    from tests.conftest import ORGS
+
+    if not engine.settings.db_url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock")
+    engine.store.engine.dispose()
+    path = engine.settings.db_url.removeprefix("sqlite:///")
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    from sqlalchemy import event
+
+    def short_timeout(dbapi_connection, _):
+        dbapi_connection.execute("PRAGMA busy_timeout=200")
+
+    event.listen(engine.store.engine, "connect", short_timeout)
+    try:
+        r = client.post("/v1/organisations", json=ORGS[0])
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        event.remove(engine.store.engine, "connect", short_timeout)
+        engine.store.engine.dispose()
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert r.get_json()["error"]["code"] == "store_unavailable"
+    assert client.get("/v1/organisations/voltgrid").status_code == 404
