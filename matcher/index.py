@@ -2,7 +2,8 @@
 
 Filters (types, countries, status, excluded ids) become a FAISS ``IDSelector`` applied inside the search,
 so a filtered query returns k results whenever k entities pass the filter.
-Snapshots are one file, written to a temporary name and renamed into place, with a checksum.
+Snapshots are one file, written to a temporary name and renamed into place, with a checksum. A temporary
+file that a killed process left behind is never read, and is deleted by the next save or load.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import numpy as np
 faiss.cvar.distance_compute_blas_threshold = 20
 
 SNAPSHOT_FORMAT = 1
+_TMP_MAX_AGE_S = 60  # a save's temporary file older than this, whose process is gone, was left by a crash
 
 
 class SnapshotError(Exception):
@@ -130,6 +133,7 @@ class VectorIndex:
         buffer = io.BytesIO()
         np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), index=np.frombuffer(blob, dtype=np.uint8))
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(buffer.getvalue())
@@ -140,6 +144,7 @@ class VectorIndex:
     @classmethod
     def load(cls, path: Path, *, model: str, dim: int) -> tuple["VectorIndex", int]:
         """Read a snapshot; raise SnapshotError when it is missing, corrupt, or for another model."""
+        remove_leftovers(path)
         if not path.exists():
             raise SnapshotError(f"no snapshot at {path}")
         try:
@@ -161,3 +166,19 @@ class VectorIndex:
         if len(self) != header["ntotal"] or len(self.meta) != len(self):
             raise SnapshotError(f"snapshot {path} is inconsistent")
         return self, int(header["seq"])
+
+
+def remove_leftovers(path: Path) -> None:
+    """Delete the temporary files of saves of ``path`` that were killed before their rename: those whose process
+    is gone and that were not written to for a minute (so a save running in another PID namespace is left alone)."""
+    prefix = f".{path.name}."
+    for tmp in path.parent.glob(f"{prefix}*.tmp"):
+        try:
+            pid = int(tmp.name[len(prefix) : -len(".tmp")])
+            if pid == os.getpid() or time.time() - tmp.stat().st_mtime < _TMP_MAX_AGE_S:
+                continue
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, OSError):  # not ours, alive (PermissionError: another user's), or gone already
+            continue

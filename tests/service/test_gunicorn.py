@@ -31,10 +31,10 @@ def service_env(data, port, **settings) -> dict:
     return env
 
 
-def start_gunicorn(env: dict, log_path):
-    """gunicorn as `make run` starts it, once /readyz answers 200: (process, base URL, log file)."""
+def start_gunicorn(env: dict, log_path, conf: str = "service/gunicorn_conf.py"):
+    """gunicorn as `make run` starts it (in its own session), once /readyz answers 200: (process, base URL, log file)."""
     log = open(log_path, "w+")
-    proc = subprocess.Popen([os.path.join(BIN, "gunicorn"), "-c", "service/gunicorn_conf.py", "service:create_app()"],
+    proc = subprocess.Popen([os.path.join(BIN, "gunicorn"), "-c", conf, "service:create_app()"],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{env['MATCHER_PORT']}"
     deadline = time.time() + 180
