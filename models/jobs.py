@@ -73,7 +73,13 @@ class JobStore:
         """Store finished queries and the job's progress, and renew its lease, in one transaction."""
         now = utcnow()
         with self.store.engine.begin() as conn:
-            conn.execute(insert(job_results), [{"job_id": job_id, "line": line, "result": r} for line, r in results])
+            # Two workers can hold one job when the first outran its lease: whichever stores a line first wins,
+            # and the other's copy of that line (the same query, matched the same way) is dropped.
+            stored = set(conn.execute(select(job_results.c.line).where(
+                job_results.c.job_id == job_id, job_results.c.line.in_([line for line, _ in results]))).scalars())
+            fresh = [{"job_id": job_id, "line": line, "result": r} for line, r in results if line not in stored]
+            if fresh:
+                conn.execute(insert(job_results), fresh)
             done = conn.execute(select(func.count()).select_from(job_results).where(job_results.c.job_id == job_id)).scalar_one()
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(
                 done=done, updated_at=now, lease_until=now + dt.timedelta(seconds=lease_s)))

@@ -138,7 +138,7 @@ def test_service_killed_during_a_bulk_write_keeps_all_or_nothing_and_catches_up(
     assert answer.status_code == 200 and answer.json()["count"] == len(bulk)
     kill_service(proc, log)
     assert bulk_ids_stored() == ids and store.count(ORG) == len(ORGS) + len(bulk)
-    snapshot = data / "index" / "organisations.snapshot.npz"
+    snapshot = data / "index" / store.tenant / "organisations.snapshot.npz"
     assert snapshot_seq(snapshot) < store.current_seq()  # the restart must catch up from the change log
 
     # Run 3: the whole bulk is stored and indexed, matched, and nothing else is.

@@ -9,6 +9,7 @@ from sqlalchemy import update
 from matcher.jobs import JobWorker
 from models.enums import EntityKind
 from models.jobs import JobStore
+from models.schemas import MatchRequest
 from models.tables import jobs as jobs_table
 from tests.conftest import ORGS
 from tests.service.test_gunicorn import free_port, service_env, start_gunicorn, stop_gunicorn
@@ -122,3 +123,20 @@ def test_job_survives_a_restart_and_runs_in_the_masters_job_worker(tmp_path):
         assert "job worker started" in open(log.name).read()
     finally:
         stop_gunicorn(proc, log)
+
+
+def test_two_workers_on_one_job_store_each_line_once(client, stocked):
+    """A worker that outran its lease and the one that took the job over both store results: no line twice,
+    and the job still finishes."""
+    job_id = client.post("/v1/jobs/batch-match", json={"queries": [{"text": o["description"]} for o in ORGS], "k": 2}).get_json()["id"]
+    store = JobStore(stocked.store)
+    claimed = store.claim(lease_s=600)
+    from matcher.batch import match_chunk
+
+    params = store.params(job_id)
+    todo = [(i["line"], i["query_id"], MatchRequest.model_validate(i["request"])) for i in params["items"]]
+    store.add_results(job_id, match_chunk(stocked, todo[:4]), lease_s=600)
+    store.add_results(job_id, match_chunk(stocked, todo[2:]), lease_s=600)  # the other worker: lines 3-4 again
+    store.finish(claimed["id"], "done")
+    assert sorted(line for line, _ in store.results(job_id)) == list(range(1, len(ORGS) + 1))
+    assert store.get(job_id)["progress"]["done"] == len(ORGS)
