@@ -79,10 +79,23 @@ def test_create_all_is_idempotent_and_store_uid_stable(store):
     assert store.store_uid() == uid and store.current_seq() == 0
 
 
-def test_a_store_from_an_older_version_gets_the_new_columns(tmp_path):
+def test_a_large_bulk_round_trips_in_one_transaction(store):
+    """More ids than one IN (...) chunk, and more rows than one multi-row INSERT ... RETURNING sends."""
+    docs = [(doc(i), emb(i)) for i in range(1200)]
+    stored = store.upsert(ORG, docs)
+    assert [d["id"] for d in stored] == [d["id"] for d, _ in docs]
+    nums = {v.id: v.num for v in store.vectors(ORG)}
+    assert len(set(nums.values())) == 1200 and len(store.get_many(ORG, nums)) == 1200
+    assert len(store.embeddings_of(ORG, nums)) == 1200 and store.current_seq() == 1
+    store.upsert(ORG, [(doc(i, city="Graz"), emb(i)) for i in range(1200)])
+    assert {v.id: v.num for v in store.vectors(ORG)} == nums
+    assert {c.num for c in store.changes_since(1)} == set(nums.values())
+
+
+def test_a_store_from_an_older_version_gets_the_new_columns(db_url):
     from sqlalchemy import create_engine, inspect, text
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = db_url
     store = Store(url)
     store.create_all()
     with store.engine.begin() as conn:  # as the first release made it, before sentence vectors
@@ -90,7 +103,9 @@ def test_a_store_from_an_older_version_gets_the_new_columns(tmp_path):
         conn.execute(text("ALTER TABLE organisations DROP COLUMN sentences"))
     reopened = Store(url)
     reopened.create_all()
-    columns = {c["name"] for c in inspect(create_engine(url)).get_columns("organisations")}
+    inspector_engine = create_engine(url)
+    columns = {c["name"] for c in inspect(inspector_engine).get_columns("organisations")}
+    inspector_engine.dispose()
     assert {"sentences", "sentence_vectors"} <= columns
     reopened.upsert(ORG, [(doc(1), emb(1))])
     assert reopened.embeddings_of(ORG, ["o001"])["o001"].sentences is None
