@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install browser run test bench bench-consortium bench-schedule clean
+.PHONY: install browser run test test-postgres bench bench-consortium bench-schedule clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ browser:
 ## Run the test suite.
 test: install browser
 	$(BIN)/python -m pytest -q tests
+
+## The storage, engine and API tests again on a throwaway local PostgreSQL server (installs the Debian package
+## postgresql when missing); pytest options pass through ARGS, e.g. make test-postgres ARGS=-x
+test-postgres: install browser
+	TEST_PYTHON=$(BIN)/python tests/postgres.sh $(ARGS)
 
 ## Latency and indexing throughput at 1k and 10k organisations (needs ../shared/data/cordis).
 bench: install

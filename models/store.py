@@ -102,7 +102,8 @@ def utcnow() -> dt.datetime:
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    """A stored time in UTC: SQLite gives it back naive, PostgreSQL in the session's time zone."""
+    return value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
 
 
 def _iso(value: dt.datetime) -> str:

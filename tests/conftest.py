@@ -31,11 +31,12 @@ def encoder() -> Encoder:
 TEST_DB_URL = os.environ.get("MATCHER_TEST_DB_URL", "")
 
 
-@pytest.fixture
-def db_url(tmp_path) -> str:
+def empty_db_url(data_dir: Path) -> str:
+    """The URL of an empty store: a new SQLite file in data_dir (its default place), or MATCHER_TEST_DB_URL
+    with its tables dropped."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     if not TEST_DB_URL:
-        (tmp_path / "data").mkdir(exist_ok=True)
-        return f"sqlite:///{tmp_path / 'data' / 'matcher.db'}"
+        return f"sqlite:///{data_dir / 'matcher.db'}"
     from sqlalchemy import create_engine
 
     from models.tables import metadata
@@ -44,6 +45,11 @@ def db_url(tmp_path) -> str:
     metadata.drop_all(engine)
     engine.dispose()
     return TEST_DB_URL
+
+
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    return empty_db_url(tmp_path / "data")
 
 
 @pytest.fixture

@@ -81,10 +81,23 @@ def test_create_all_is_idempotent_and_store_uid_stable(store):
     assert store.store_uid() == uid and store.current_seq() == 0
 
 
-def test_a_store_from_an_older_version_gets_the_new_columns(tmp_path):
+def test_a_large_bulk_round_trips_in_one_transaction(store):
+    """More ids than one IN (...) chunk, and more rows than one multi-row INSERT ... RETURNING sends."""
+    docs = [(doc(i), emb(i)) for i in range(1200)]
+    stored = store.upsert(ORG, docs)
+    assert [d["id"] for d in stored] == [d["id"] for d, _ in docs]
+    nums = {v.id: v.num for v in store.vectors(ORG)}
+    assert len(set(nums.values())) == 1200 and len(store.get_many(ORG, nums)) == 1200
+    assert len(store.embeddings_of(ORG, nums)) == 1200 and store.current_seq() == 1
+    store.upsert(ORG, [(doc(i, city="Graz"), emb(i)) for i in range(1200)])
+    assert {v.id: v.num for v in store.vectors(ORG)} == nums
+    assert {c.num for c in store.changes_since(1)} == set(nums.values())
+
+
+def test_a_store_from_an_older_version_gets_the_new_columns(db_url):
     from sqlalchemy import create_engine, inspect, text
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = db_url
     store = Store(url)
     store.create_all()
     with store.engine.begin() as conn:  # as the first release made it, before sentence vectors
@@ -92,7 +105,9 @@ def test_a_store_from_an_older_version_gets_the_new_columns(tmp_path):
         conn.execute(text("ALTER TABLE organisations DROP COLUMN sentences"))
     reopened = Store(url)
     reopened.create_all()
-    columns = {c["name"] for c in inspect(create_engine(url)).get_columns("organisations")}
+    inspector_engine = create_engine(url)
+    columns = {c["name"] for c in inspect(inspector_engine).get_columns("organisations")}
+    inspector_engine.dispose()
     assert {"sentences", "sentence_vectors"} <= columns
     reopened.upsert(ORG, [(doc(1), emb(1))])
     assert reopened.embeddings_of(ORG, ["o001"])["o001"].sentences is None
@@ -139,3 +154,26 @@ def test_a_store_from_before_tenants_keeps_its_rows_and_numbers_and_keys_ids_by_
     assert new[0]["id"] == "o004"
     Store(f"sqlite:///{path}").create_all()  # a second start changes nothing
     assert store.count(ORG) == 3
+
+
+def test_concurrent_writers_commit_in_sequence_order(db_url):
+    """Writers on their own connections: every write gets its own sequence number, and the change log read in
+    order never goes back in sequence (a reader that replays it misses nothing)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    Store(db_url).create_all()
+
+    def writer(w):
+        store = Store(db_url)  # a process of its own, as far as the database can tell
+        for i in range(10):
+            store.upsert(ORG, [(doc(w * 100 + i), emb(i))])
+            if i % 3 == 0:
+                store.upsert(ORG, [(doc(i), emb(i))])  # the same ids from every writer
+        store.engine.dispose()
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(writer, range(1, 7)))
+    store = Store(db_url)
+    seqs = [c.seq for c in store.changes_since(0)]
+    assert seqs == sorted(seqs) and sorted(set(seqs)) == list(range(1, 6 * 14 + 1)) == list(range(1, store.current_seq() + 1))
+    assert store.count(ORG) == 6 * 10 + 4

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.conftest import ORGS, ROOT
+from tests.conftest import ORGS, ROOT, TEST_DB_URL, empty_db_url
 
 BIN = os.path.dirname(sys.executable)
 
@@ -23,11 +23,12 @@ def free_port() -> int:
 
 
 def service_env(data, port, **settings) -> dict:
-    """The environment of a service on its own data dir and port (MATCHER_* settings given by name); without
-    API keys (MATCHER_AUTH=off, on loopback) unless ``auth="on"`` is given."""
-    env = {**os.environ, "MATCHER_DATA_DIR": str(data), "MATCHER_PORT": str(port), "MATCHER_LOAD_DEMO": "0",
-           "HF_HUB_OFFLINE": "1", "MATCHER_AUTH": "off", **{f"MATCHER_{k.upper()}": str(v) for k, v in settings.items()}}
-    env.pop("MATCHER_DB_URL", None)
+    """The environment of a service on its own data dir and port (MATCHER_* settings given by name; its store is
+    the SQLite file in the data dir unless db_url is given); without API keys (MATCHER_AUTH=off, on loopback)
+    unless ``auth="on"`` is given."""
+    env = {k: v for k, v in os.environ.items() if k != "MATCHER_DB_URL"}
+    env.update({"MATCHER_DATA_DIR": str(data), "MATCHER_PORT": str(port), "MATCHER_LOAD_DEMO": "0",
+                "HF_HUB_OFFLINE": "1", "MATCHER_AUTH": "off", **{f"MATCHER_{k.upper()}": str(v) for k, v in settings.items()}})
     return env
 
 
@@ -61,7 +62,7 @@ def stop_gunicorn(proc, log) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("gunicorn")
-    env = service_env(data, free_port(), workers=2)
+    env = service_env(data, free_port(), db_url=empty_db_url(data), workers=2)
     subprocess.run([sys.executable, "-m", "matcher", "-q", "init"], cwd=ROOT, env=env, check=True, timeout=300)
     proc, base, log = start_gunicorn(env, data / "gunicorn.log")
     try:
@@ -110,6 +111,9 @@ def test_errors_and_readiness_over_http(server):
     assert requests.get(f"{base}/openapi.json", timeout=30).json()["openapi"].startswith("3.")
 
 
+# Embedding 1,000 profiles takes about 3 minutes on 2 cores whatever the database; on PostgreSQL the CI run
+# leaves it out (a large bulk's single transaction is covered there by tests/models/test_store.py).
+@pytest.mark.skipif(bool(TEST_DB_URL), reason="the 1,000-profile bulk runs on SQLite only: its time is embedding, not storage")
 def test_a_bulk_of_1000_real_profiles_is_answered_within_the_timeout(server):
     from tests.conftest import pool_organisations
 

@@ -11,7 +11,7 @@ from models.enums import EntityKind
 from models.jobs import JobStore
 from models.schemas import MatchRequest
 from models.tables import jobs as jobs_table
-from tests.conftest import ORGS
+from tests.conftest import ORGS, empty_db_url
 from tests.service.test_gunicorn import free_port, service_env, start_gunicorn, stop_gunicorn
 
 
@@ -91,17 +91,17 @@ def test_a_job_whose_worker_died_is_resumed_by_another(client, stocked):
     assert len(rows) == 70 and len({(r["query_line"], r["rank"]) for r in rows}) == 70
 
 
-def _gunicorn(data, port, job_runner: str):
-    env = service_env(data, port, workers=1, job_runner=job_runner, job_poll_s=0.2)
+def _gunicorn(data, port, db_url, job_runner: str):
+    env = service_env(data, port, db_url=db_url, workers=1, job_runner=job_runner, job_poll_s=0.2)
     return start_gunicorn(env, data / f"gunicorn-{job_runner}.log")
 
 
 def test_job_survives_a_restart_and_runs_in_the_masters_job_worker(tmp_path):
     """Queued while no job worker runs; gunicorn restarts with its job worker, which finishes the job."""
     data = tmp_path / "data"
-    data.mkdir()
+    db_url = empty_db_url(data)
     port = free_port()
-    proc, base, log = _gunicorn(data, port, job_runner="0")
+    proc, base, log = _gunicorn(data, port, db_url, job_runner="0")
     try:
         assert requests.post(f"{base}/v1/organisations/bulk", json={"items": ORGS}, timeout=120).status_code == 200
         r = requests.post(f"{base}/v1/jobs/batch-match", json={"queries": [{"text": "leak sensors"}, {"id": "lumen"}], "k": 2},
@@ -112,7 +112,7 @@ def test_job_survives_a_restart_and_runs_in_the_masters_job_worker(tmp_path):
         assert requests.get(f"{base}/v1/jobs/{job_id}", timeout=30).json()["status"] == "queued"  # no request worker ran it
     finally:
         stop_gunicorn(proc, log)
-    proc, base, log = _gunicorn(data, port, job_runner="1")
+    proc, base, log = _gunicorn(data, port, db_url, job_runner="1")
     try:
         deadline = time.time() + 120
         while (job := requests.get(f"{base}/v1/jobs/{job_id}", timeout=30).json())["status"] != "done":
