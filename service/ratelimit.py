@@ -56,13 +56,15 @@ class Buckets:
 
     def take(self, name: str, rate_per_min: int, burst: int, now: float | None = None) -> Decision:
         """Spend one token of ``name``'s bucket if it has one."""
-        now = time.monotonic() if now is None else now
         per_s, capacity = rate_per_min / 60.0, max(1, burst)
         key = self._key(name)
         with self._lock:
+            # The clock is read under the lock: a process that read it earlier but got the lock later would
+            # otherwise see time run backwards and lose tokens.
+            now = time.monotonic() if now is None else now
             i, known = self._slot(key)
             if known:
-                tokens = min(capacity, self._tokens[i] + (now - self._stamps[i]) * per_s)
+                tokens = min(capacity, self._tokens[i] + max(0.0, now - self._stamps[i]) * per_s)
             else:
                 self._keys[i], tokens = key, float(capacity)
             self._stamps[i] = now

@@ -386,3 +386,19 @@ def test_tenant_names_are_checked(engine):
     made = subprocess.run([sys.executable, "-m", "matcher", "keys", "create", "--tenant", "../x", "--scopes", "read"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert made.returncode == 2 and "tenant" in made.stderr
+
+
+def test_rate_buckets_refill_and_never_lose_tokens_to_clock_order():
+    from service.ratelimit import Buckets
+
+    b = Buckets(slots=8)
+    assert [b.take("k", 60, 2, now=100.0).allowed for _ in range(3)] == [True, True, False]
+    assert b.take("k", 60, 2, now=100.2).retry_after == 1
+    assert b.take("k", 60, 2, now=101.5).allowed  # one a second
+    fast = Buckets(slots=8)
+    fast.take("k", 1_000_000, 60, now=10.0)
+    assert fast.take("k", 1_000_000, 60, now=9.996).allowed  # an earlier clock reading arriving later
+    # more keys than slots: the least recently used slot is reused, the rest keep their state
+    many = Buckets(slots=4)
+    for i in range(10):
+        assert many.take(f"key{i}", 60, 1, now=float(i)).allowed
