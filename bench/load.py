@@ -9,7 +9,8 @@
    imported once with `python -m matcher import --tenant bench organisations` into var/bench-load/data and
    reused on later runs (var/bench-load/data/prepared.json says what it holds; --rebuild starts over).
 2. An API key of that tenant (read, match, write) with its own limit of 1,000,000 requests a minute, so the
-   shared per-key rate limiter runs but never throttles; it is revoked at the end.
+   shared per-key rate limiter runs but should never throttle (--no-rate-limit: MATCHER_RATE_LIMIT=0 and a key
+   without a limit of its own, so the limiter is not consulted); the key is revoked at the end.
 3. gunicorn as `make run` starts it (service/gunicorn_conf.py, 2 sync workers, 127.0.0.1, a free port, job runner
    off, MATCHER_LOAD_DEMO=0); ready when /readyz answers 200 and every worker has logged that it is ready.
 4. Each scenario runs `locust --headless` (bench/locustfile.py) for --duration seconds against that server:
@@ -191,11 +192,13 @@ def tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def start_gunicorn(data_dir: Path, port: int, workers: int, log_path: Path) -> tuple[subprocess.Popen, float]:
+def start_gunicorn(data_dir: Path, port: int, workers: int, log_path: Path, rate_limit: bool) -> tuple[subprocess.Popen, float]:
     import requests
 
     env = server_env(data_dir, MATCHER_HOST="127.0.0.1", MATCHER_PORT=str(port), MATCHER_WORKERS=str(workers),
                      MATCHER_JOB_RUNNER="0", MATCHER_LOG_LEVEL="info")
+    if not rate_limit:  # the key has no limit of its own: none applies, the limiter is not consulted
+        env["MATCHER_RATE_LIMIT"] = "0"
     base = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
     with open(log_path, "wb") as fh:
@@ -243,8 +246,9 @@ def stop_gunicorn(proc: subprocess.Popen) -> None:
         pass
 
 
-def warm_up(base: str, key: str, calls: list[str], ids: list[str], workers: int) -> None:
-    """A few requests of every read-only class, so each worker has run each code path once (not measured)."""
+def warm_up(base: str, key: str, calls: list[str], ids: list[str], workers: int) -> str:
+    """A few requests of every read-only class, so each worker has run each code path once (not measured).
+    Returns what the server says of the key's rate limit (its X-RateLimit-Limit header)."""
     import requests
 
     headers = {"Authorization": f"Bearer {key}", "Connection": "close"}
@@ -254,7 +258,10 @@ def warm_up(base: str, key: str, calls: list[str], ids: list[str], workers: int)
                               headers=headers, timeout=120)
             r.raise_for_status()
         requests.get(f"{base}/v1/organisations/{ids[i]}", headers=headers, timeout=60).raise_for_status()
-        requests.get(f"{base}/v1/organisations?limit=50", headers=headers, timeout=60).raise_for_status()
+        r = requests.get(f"{base}/v1/organisations?limit=50", headers=headers, timeout=60)
+        r.raise_for_status()
+    limit = r.headers.get("X-RateLimit-Limit")
+    return f"{int(limit):,} requests a minute" if limit else "off (no limit applies to the key)"
 
 
 def restore(base: str, key: str, originals: list[dict]) -> None:
@@ -396,7 +403,7 @@ def render(result: dict) -> str:
         f"locust {f['locust']} on the same machine as the server",
         f"- store: {s['orgs']:,} CORDIS organisations in tenant '{TENANT}' ({s['store']})",
         f"- gunicorn: {s['workers']} sync workers, 127.0.0.1, MATCHER_TORCH_THREADS={s['torch_threads']}, job runner off, "
-        f"auth on (one key, rate limit {KEY_RATE_LIMIT:,}/min), started in {s['startup_s']:.1f} s",
+        f"auth on (one key; rate limit {s['rate_limit']}), started in {s['startup_s']:.1f} s",
         f"- users: closed loop without wait (match, read); the writer 1 request/s over {WRITER_ORGS} organisations "
         "(PATCH, PUT, bulk of 3 in turn); match k=10, text queries: "
         f"{s['query_calls']} call texts + {s['query_descriptions']} pool descriptions, explain at random",
@@ -422,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2, the product default)")
     parser.add_argument("--work-dir", type=Path, default=WORK, help=f"store and results (default {show(WORK)})")
     parser.add_argument("--rebuild", action="store_true", help="re-import the store even if it is there")
+    parser.add_argument("--no-rate-limit", action="store_true",
+                        help="MATCHER_RATE_LIMIT=0 and a key without its own limit: the rate limiter is not consulted "
+                             f"(default: the key's limit is {KEY_RATE_LIMIT:,} a minute, so the limiter runs but should never throttle)")
     parser.add_argument("--prepare-only", action="store_true", help="build or check the store, then stop")
     parser.add_argument("--pool", type=Path, default=DATA / "pool.jsonl.gz")
     parser.add_argument("--queries-file", type=Path, default=DATA / "dev_queries.jsonl.gz")
@@ -466,14 +476,16 @@ def main(argv: list[str] | None = None) -> int:
     result = {"started_at": started_at, "prepare_s": prepare_s, "prepared": prepared, "scenarios": {}}
     failure = None
     try:
+        limit = [] if args.no_rate_limit else ["--rate-limit", str(KEY_RATE_LIMIT)]
         created = matcher_cli(data_dir, "keys", "create", "--tenant", TENANT, "--scopes", "read,match,write",
-                              "--label", "bench-load", "--rate-limit", str(KEY_RATE_LIMIT))
+                              "--label", "bench-load", *limit)
         key = created.stdout.strip().splitlines()[0]
         key_id = created.stderr.split()[1] if created.stderr.startswith("key ") else None
         log(f"starting gunicorn ({args.workers} workers) on {base}, log {show(log_path)}")
-        proc, startup_s = start_gunicorn(data_dir, port, args.workers, log_path)
+        proc, startup_s = start_gunicorn(data_dir, port, args.workers, log_path, rate_limit=not args.no_rate_limit)
         log(f"gunicorn ready in {startup_s:.1f} s; warming up")
-        warm_up(base, key, calls, ids, args.workers)
+        limiter = warm_up(base, key, calls, ids, args.workers)
+        log(f"rate limiter: {limiter}")
         try:
             for name in args.scenarios:
                 sc = run_locust(name, base, key, run_dir, args)
@@ -506,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         "store": "reused" if prepared["reused"] else f"imported in {prepared['import_s']:.0f} s",
         "workers": args.workers,
         "torch_threads": os.environ.get("MATCHER_TORCH_THREADS", "1"),
+        "rate_limit": limiter,
         "startup_s": startup_s,
         "duration_s": args.duration,
         "match_users": args.match_users,
