@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install browser run test test-postgres bench bench-consortium bench-schedule clean
+.PHONY: install browser run test test-postgres bench bench-consortium bench-schedule bench-load clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ bench-consortium: install
 
 bench-schedule: install
 	$(BIN)/python bench/schedule.py
+
+## Load: locust against gunicorn (2 workers, loopback) at 10k organisations with a concurrent writer, 60 s per
+## scenario (issue 6). The store is imported once into var/bench-load/ and reused.
+bench-load: install
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
