@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -55,6 +56,27 @@ def _check_url(value: str) -> str:
     if len(value) > 2000 or not _URL.match(value):
         raise ValueError("not an http(s) URL")
     return value
+
+
+def _no_bool(value):
+    # Lax validation reads "12" (a CSV cell) as 12, and must keep doing so; but true is not a count or a year.
+    if isinstance(value, bool):
+        raise ValueError("must be a whole number, not true or false")
+    return value
+
+
+def _no_number(expected: str) -> BeforeValidator:
+    # Lax validation reads a number as seconds since 1970 (0 is 1970-01-01) or 0/1 as false/true; text
+    # ("2026-01-31", "true": CSV cells) still reads as before.
+    def check(value):
+        if isinstance(value, (int, float)) and not (expected == "true or false" and isinstance(value, bool)):
+            raise ValueError(f"must be {expected}, not a number")
+        return value
+
+    return BeforeValidator(check)
+
+
+Flag = Annotated[bool, _no_number("true or false")]
 
 
 Email = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_check_email)]
@@ -106,7 +128,7 @@ class PastProject(_Strict):
     """A project the organisation took part in: the track record a platform knows."""
 
     title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
-    year: Annotated[int, Field(ge=1950, le=2100)] | None = None
+    year: Annotated[int, Field(ge=1950, le=2100), BeforeValidator(_no_bool)] | None = None
     role: Annotated[str, StringConstraints(strip_whitespace=True, max_length=50)] | None = None
     # May name organisations that are not stored (e.g. from EU project data): never an error.
     partner_ids: Annotated[list[EntityId], Field(max_length=MAX_PARTNER_IDS)] = []
@@ -114,8 +136,8 @@ class PastProject(_Strict):
 
 class _Timestamps(BaseModel):
     # Read-only. Accepted on input so a GET -> edit -> PUT round trip works; the server sets them.
-    created_at: dt.datetime | None = None
-    updated_at: dt.datetime | None = None
+    created_at: Annotated[dt.datetime, _no_number("an ISO 8601 date and time")] | None = None
+    updated_at: Annotated[dt.datetime, _no_number("an ISO 8601 date and time")] | None = None
 
 
 class OrganisationIn(_Strict, _Timestamps):
@@ -133,10 +155,10 @@ class OrganisationIn(_Strict, _Timestamps):
     city: Place | None = None
     website: Url | None = None
     contact_email: Email | None = None
-    email_opt_in: bool = False
+    email_opt_in: Flag = False
     past_projects: Annotated[list[PastProject], Field(max_length=MAX_PAST_PROJECTS)] = []
     # How many projects the organisation has done in all, when ``past_projects`` lists only some of them.
-    n_past_projects: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
+    n_past_projects: Annotated[int, Field(ge=0, le=1_000_000), BeforeValidator(_no_bool)] | None = None
     partnership_forms: Annotated[list[PartnershipForm], Field(max_length=len(PartnershipForm))] = []
     tags: PhraseList = []
 
@@ -155,7 +177,7 @@ class ChallengeIn(_Strict, _Timestamps):
     region: Place | None = None
     city: Place | None = None
     partnership_forms: Annotated[list[PartnershipForm], Field(max_length=len(PartnershipForm))] = []
-    deadline: dt.date | None = None
+    deadline: Annotated[dt.date, _no_number("a date as YYYY-MM-DD")] | None = None
     status: ChallengeStatus = ChallengeStatus.open
 
 
@@ -245,7 +267,7 @@ class MatchRequest(_Strict):
     target: EntityKind = EntityKind.organisations
     k: Annotated[int, Field(ge=1, le=MAX_K, strict=True)] = 10
     filters: MatchFilters = MatchFilters()
-    explain: bool = True
+    explain: Flag = True
 
 
 class BatchMatchRequest(_Strict):
@@ -302,7 +324,7 @@ class BatchJobRequest(_Strict):
     target: EntityKind = EntityKind.organisations
     k: Annotated[int, Field(ge=1, le=MAX_K, strict=True)] = 20
     filters: MatchFilters = MatchFilters()
-    explain: bool = True
+    explain: Flag = True
 
 
 class JobProgress(BaseModel):

@@ -21,7 +21,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.json.sort_keys = False
     app.extensions["matcher.engine"] = engine or Engine(settings).open()
 
-    from service.api import consortia, entities, health, jobs, keys, match, unsubscribe
+    from service.api import consortia, entities, health, jobs, keys, match, reject_unstorable_path, unsubscribe
 
     app.register_blueprint(entities.make_blueprint(EntityKind.organisations))
     app.register_blueprint(entities.make_blueprint(EntityKind.challenges))
@@ -32,5 +32,6 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.register_blueprint(consortia.bp)
     app.register_blueprint(keys.bp)
     auth.init_app(app)
+    app.before_request(reject_unstorable_path)  # after auth's check: a bad key is 401 whatever the path
     register_error_handlers(app)
     return app

@@ -59,7 +59,10 @@ def register_error_handlers(app: Flask) -> None:
     def _http(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
         details = [{"field": "body", "problem": "larger than the server accepts"}] if exc.code == 413 else []
-        return error_response(exc.code or 500, code, exc.description or exc.name, details)
+        response = error_response(exc.code or 500, code, exc.description or exc.name, details)
+        # Keep the exception's own headers (a 405's Allow, RFC 9110), all but its HTML Content-Type.
+        response.headers.extend((k, v) for k, v in exc.get_headers() if k.lower() != "content-type")
+        return response
 
     @app.errorhandler(OperationalError)
     def _store_unavailable(exc: OperationalError):

@@ -141,6 +141,9 @@ def openapi_spec() -> dict:
     )
     components = dict(schemas.get("$defs", {}))
     components["Error"] = ERROR
+    # The models' "exactly one of" rules (model validators, which pydantic cannot put in a JSON Schema).
+    for model, fields in (("MatchQuery", ("text", "challenge_id", "organisation_id")), ("ConsortiumRequest", ("challenge_id", "text"))):
+        components[model]["oneOf"] = [{"required": [f], "properties": {f: {"type": "string"}}} for f in fields]
     # Personal data: returned to write/admin keys only (see service/api/entities.py).
     components["OrganisationIn"]["properties"]["contact_email"].update(
         description="Where digests go (with email_opt_in). Returned only to API keys with the write or admin scope.")
@@ -194,8 +197,9 @@ def _key_paths() -> dict:
         "created_at": {"type": "string"}, "revoked_at": {"type": ["string", "null"]}}}
     new = {"type": "object", "required": ["scopes"], "additionalProperties": False, "properties": {
         "scopes": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": list(SCOPES)}},
-        "label": {"type": "string", "maxLength": 200},
-        "rate_limit": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "description": "requests a minute"}}}
+        "label": {"type": ["string", "null"], "maxLength": 200},
+        "rate_limit": {"type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000,
+                       "description": "requests a minute; null or absent: the server's MATCHER_RATE_LIMIT"}}}
     return {
         "/v1/keys": {
             "get": {"summary": "The API keys of this key's tenant (never the keys themselves)",
@@ -218,7 +222,7 @@ _BLUEPRINT_OF = {"/v1/organisations": "organisations", "/v1/challenges": "challe
 
 def _secure(paths: dict) -> None:
     """Mark each operation with the scope it needs (service/auth.py decides the same way) and the 401/403/429
-    it can answer; the open ones (health, spec, unsubscribe link) need no key."""
+    (and 413, with a body) it can answer; the open ones (health, spec, unsubscribe link) need no key."""
     for path, item in paths.items():
         blueprint = next((b for prefix, b in _BLUEPRINT_OF.items() if path == prefix or path.startswith(prefix + "/")), "health")
         for method, op in item.items():
@@ -231,3 +235,5 @@ def _secure(paths: dict) -> None:
             op["x-required-scope"] = scope
             op["description"] = (op.get("description", "") + f" Needs an API key with the `{scope}` scope.").strip()
             op["responses"].update(_errors(401, 403, 429))
+            if "requestBody" in op:  # any body over MATCHER_MAX_BODY_BYTES
+                op["responses"].update(_errors(413))

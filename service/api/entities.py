@@ -65,11 +65,11 @@ def _list_params(kind: EntityKind) -> dict:
             params["country"] = normalise_country(args["country"])
         except ValueError as exc:
             raise invalid("country", str(exc)) from None
-    if args.get("type"):
+    if "type" in args:  # present but empty is not one of the values either
         if args["type"] not in {t.value for t in OrgType}:
             raise invalid("type", f"must be one of {', '.join(t.value for t in OrgType)}")
         params["type"] = args["type"]
-    if args.get("status"):
+    if "status" in args:  # present but empty is not one of the values either
         if args["status"] not in {s.value for s in ChallengeStatus}:
             raise invalid("status", "must be open or closed")
         params["status"] = args["status"]
