@@ -316,11 +316,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tail(path: Path, lines: int = 30) -> str:
+def tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def wait_for_gunicorn(proc, base: str, log_path: Path, workers: int, started: float, timeout: float, grace_s: float,
+                      label: str = "") -> float:
+    """Wait until /readyz answers 200 and every worker has logged that it loaded its indexes
+    (service/gunicorn_conf.py's "worker N ready: ..." line; without it, ``grace_s`` after the first 200).
+    Returns when /readyz first answered 200 (perf_counter)."""
+    import requests
+
+    ready_at = None
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{tail(log_path)}")
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError(f"gunicorn not ready after {timeout:.0f} s:\n{tail(log_path)}")
+        if ready_at is None:
+            try:
+                if requests.get(f"{base}/readyz", timeout=10).status_code == 200:
+                    ready_at = time.perf_counter()
+            except requests.RequestException:
+                pass
+        if ready_at is not None:
+            if log_path.read_text(errors="replace").count(" ready: ") >= workers:
+                return ready_at
+            if time.perf_counter() - ready_at > grace_s:
+                log(f"{label}/readyz is 200 but not every worker logged 'ready' after {grace_s:.0f} s; going on")
+                return ready_at
+        time.sleep(0.25)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -379,8 +407,6 @@ def _http_run(url: str, bodies: list[dict], clients: int) -> tuple[dict, float]:
 
 
 def bench_http(size: int, data_dir: Path, queries: list[str], count: int, clients: int, workers: int) -> dict:
-    import requests
-
     port = free_port()
     env = {
         **os.environ,
@@ -410,28 +436,7 @@ def bench_http(size: int, data_dir: Path, queries: list[str], count: int, client
             start_new_session=True,
         )
     try:
-        # Ready: /readyz answers 200 and every worker has logged that it loaded its indexes
-        # (service/gunicorn_conf.py's "worker N ready: ..." line; without it, 30 s after the first 200).
-        deadline = started + READY_TIMEOUT
-        ready_at = None
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{_tail(log_path)}")
-            if time.perf_counter() > deadline:
-                raise RuntimeError(f"gunicorn not ready after {READY_TIMEOUT:.0f} s:\n{_tail(log_path)}")
-            if ready_at is None:
-                try:
-                    if requests.get(f"{base}/readyz", timeout=5).status_code == 200:
-                        ready_at = time.perf_counter()
-                except requests.RequestException:
-                    pass
-            if ready_at is not None:
-                if log_path.read_text(errors="replace").count(" ready: ") >= workers:
-                    break
-                if time.perf_counter() - ready_at > 30:
-                    log(f"[{size}] /readyz is 200 but not every worker logged 'ready' after 30 s; going on")
-                    break
-            time.sleep(0.25)
+        ready_at = wait_for_gunicorn(proc, base, log_path, workers, started, READY_TIMEOUT, 30, f"[{size}] ")
         startup_s = time.perf_counter() - started
         log(f"[{size}] gunicorn ready in {startup_s:.1f} s (first /readyz 200 after {ready_at - started:.1f} s)")
 
@@ -451,7 +456,7 @@ def bench_http(size: int, data_dir: Path, queries: list[str], count: int, client
         OUT.mkdir(parents=True, exist_ok=True)
         kept = OUT / f"gunicorn-{size}.log"
         shutil.copyfile(log_path, kept)
-        log(f"[{size}] gunicorn log kept in {kept}; its last lines:\n{_tail(log_path, 40)}")
+        log(f"[{size}] gunicorn log kept in {kept}; its last lines:\n{tail(log_path, 40)}")
         raise
     finally:
         _stop(proc)
@@ -490,25 +495,15 @@ def git_revision() -> str:
 # --- report ---------------------------------------------------------------------------------------
 
 
-def machine_facts(model_load_s: float, encoder) -> dict:
-    import faiss
-    import torch
-
-    cpu = "?"
+def host_facts() -> dict:
+    """The machine a benchmark ran on: cores, CPU model, memory, Python."""
+    cpu = mem = "?"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "?"
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-                break
-    except OSError:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+        mem = next(f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB" for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal"))
+    except (OSError, StopIteration):
         pass
     return {
         "nproc": os.cpu_count(),
@@ -517,6 +512,15 @@ def machine_facts(model_load_s: float, encoder) -> dict:
         "memory": mem,
         "python": platform.python_version(),
         "platform": platform.platform(),
+    }
+
+
+def machine_facts(model_load_s: float, encoder) -> dict:
+    import faiss
+    import torch
+
+    return {
+        **host_facts(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "faiss": faiss.__version__,

@@ -34,7 +34,6 @@ import gzip
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -50,7 +49,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from latency import DATA, free_port, git_revision, load_pool, load_queries, percentile, source_fingerprint  # noqa: E402
+from latency import (  # noqa: E402
+    DATA, free_port, git_revision, host_facts, load_pool, load_queries, percentile, source_fingerprint, tail,
+    wait_for_gunicorn,
+)
 
 BIN = Path(sys.executable).parent
 WORK = ROOT / "var" / "bench-load"
@@ -185,16 +187,7 @@ def query_texts(queries_file: Path, pool: Path, stored_ids: set[str], seed: int)
 # --- 2-3. the server --------------------------------------------------------------------------------
 
 
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def start_gunicorn(data_dir: Path, port: int, workers: int, log_path: Path, rate_limit: bool) -> tuple[subprocess.Popen, float]:
-    import requests
-
     env = server_env(data_dir, MATCHER_HOST="127.0.0.1", MATCHER_PORT=str(port), MATCHER_WORKERS=str(workers),
                      MATCHER_JOB_RUNNER="0", MATCHER_LOG_LEVEL="info")
     if not rate_limit:  # the key has no limit of its own: none applies, the limiter is not consulted
@@ -204,26 +197,7 @@ def start_gunicorn(data_dir: Path, port: int, workers: int, log_path: Path, rate
     with open(log_path, "wb") as fh:
         proc = subprocess.Popen([str(BIN / "gunicorn"), "-c", "service/gunicorn_conf.py", "service:create_app()"],
                                 cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    # Ready: /readyz answers 200 and every worker has logged "worker N ready: ..." (service/gunicorn_conf.py).
-    ready_at = None
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {proc.returncode}:\n{tail(log_path)}")
-        if time.perf_counter() - started > READY_TIMEOUT:
-            raise RuntimeError(f"gunicorn not ready after {READY_TIMEOUT:.0f} s:\n{tail(log_path)}")
-        if ready_at is None:
-            try:
-                if requests.get(f"{base}/readyz", timeout=10).status_code == 200:
-                    ready_at = time.perf_counter()
-            except requests.RequestException:
-                pass
-        if ready_at is not None:
-            if log_path.read_text(errors="replace").count(" ready: ") >= workers:
-                break
-            if time.perf_counter() - ready_at > 60:
-                log("/readyz is 200 but not every worker logged 'ready' after 60 s; going on")
-                break
-        time.sleep(0.25)
+    wait_for_gunicorn(proc, base, log_path, workers, started, READY_TIMEOUT, 60)
     return proc, time.perf_counter() - started
 
 
@@ -354,25 +328,9 @@ def run_locust(name: str, base: str, key: str, run_dir: Path, args) -> dict:
 
 
 def machine_facts() -> dict:
-    cpu = mem = "?"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-        mem = next(f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB" for line in Path("/proc/meminfo").read_text().splitlines()
-                   if line.startswith("MemTotal"))
-    except (OSError, StopIteration):
-        pass
     from importlib.metadata import version  # not `import locust`: it monkey-patches this process with gevent
 
-    return {
-        "nproc": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
-        "memory": mem,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "locust": version("locust"),
-    }
+    return {**host_facts(), "locust": version("locust")}
 
 
 def render(result: dict) -> str:
