@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from sqlalchemy import String, bindparam, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import String, bindparam, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from models.enums import EntityKind
@@ -452,7 +452,7 @@ class Store:
         did not exist. ``on_delete(conn, seq)`` runs in the same transaction.
 
         Erasure: the change log keeps the row number (which replays need) but no longer the id; an organisation's
-        own digest log goes, and it is struck from other organisations' digest logs and from job results."""
+        own digest log goes, and it is struck from other organisations' digest logs and from batch jobs."""
         table = ENTITY_TABLES[kind]
         if not self.existing_ids(kind, [entity_id]):
             return False
@@ -465,7 +465,7 @@ class Store:
                 conn.execute(insert(changes).values(seq=seq, tenant=self.tenant, kind=kind.value, entity_id=ERASED, num=num, op="delete"))
                 if kind is EntityKind.organisations:
                     self._erase_from_digests(conn, entity_id)
-                self._erase_from_job_results(conn, kind, entity_id)
+                self._erase_from_jobs(conn, kind, entity_id)
                 if on_delete is not None:
                     on_delete(conn, seq)
         return num is not None
@@ -487,22 +487,49 @@ class Store:
                 values["status"] = "cancelled"
             conn.execute(update(digest_messages).where(digest_messages.c.num == row.num).values(**values))
 
-    def _erase_from_job_results(self, conn: Connection, kind: EntityKind, entity_id: str) -> None:
-        """Job results lose the rows that matched the entity; a query that was the entity is reported as erased."""
+    def _erase_from_jobs(self, conn: Connection, kind: EntityKind, entity_id: str) -> None:
+        """Batch jobs keep no trace of the entity: a query that was it (by id, or its profile) is dropped from the
+        job's parameters and its result reported as erased (a job still queued or running skips it), its id
+        leaves every exclusion list, and results lose the rows that matched it."""
+        erased = f"the {kind.value[:-1]} this query named was deleted"
+        needle = json.dumps(entity_id)
+        key = "organisation_id" if kind is EntityKind.organisations else "challenge_id"
         tenant_jobs = select(jobs.c.id).where(jobs.c.tenant == self.tenant)
-        rows = conn.execute(select(job_results.c.job_id, job_results.c.line, job_results.c.result).where(
-            job_results.c.job_id.in_(tenant_jobs), job_results.c.result.cast(String).contains(json.dumps(entity_id)))).all()
-        for row in rows:
-            if not isinstance(row.result, list):
-                continue
-            # result rows: [query_line, query_id, rank, match_id, match_name, ...] (matcher/batch.py COLUMNS)
-            if any(r[1] == entity_id for r in row.result):
-                result: list | str = f"the {kind.value[:-1]} this query named was deleted"
-            else:
-                result = [r for r in row.result if r[3] != entity_id]
-            if result != row.result:
-                conn.execute(update(job_results).where(job_results.c.job_id == row.job_id, job_results.c.line == row.line)
-                             .values(result=result))
+        hit = set(conn.execute(tenant_jobs.where(jobs.c.params.cast(String).contains(needle))).scalars())
+        hit |= set(conn.execute(select(job_results.c.job_id).where(
+            job_results.c.job_id.in_(tenant_jobs), job_results.c.result.cast(String).contains(needle))).scalars())
+        for job_id in sorted(hit):
+            params = conn.execute(select(jobs.c.params).where(jobs.c.id == job_id)).scalar_one()
+            kept, dropped = [], set()
+            for item in params.get("items", []):
+                query = item["request"]["query"]
+                if query.get(key) == entity_id or (query.get("text") is not None and item.get("query_id") == entity_id):
+                    dropped.add(item["line"])
+                    continue
+                _drop_excluded(item["request"].get("filters"), entity_id)
+                kept.append(item)
+            _drop_excluded(params.get("filters"), entity_id)
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(params={**params, "items": kept}))
+            matched_kind = params.get("target") == kind.value
+            of_job = job_results.c.job_id == job_id
+            stored = set(conn.execute(select(job_results.c.line).where(of_job)).scalars())
+            touched = or_(job_results.c.result.cast(String).contains(needle), job_results.c.line.in_(sorted(dropped)))
+            for row in conn.execute(select(job_results.c.line, job_results.c.result).where(of_job, touched)).all():
+                # result rows: [query_line, query_id, rank, match_id, ...] (matcher/batch.py COLUMNS)
+                if row.line in dropped:
+                    result = erased
+                elif matched_kind and isinstance(row.result, list):
+                    result = [r for r in row.result if r[3] != entity_id]
+                else:
+                    continue
+                if result != row.result:
+                    conn.execute(update(job_results).where(job_results.c.job_id == job_id, job_results.c.line == row.line)
+                                 .values(result=result))
+            fresh = [{"job_id": job_id, "line": line, "result": erased} for line in sorted(dropped - stored)]
+            if fresh:
+                conn.execute(insert(job_results), fresh)
+                done = conn.execute(select(func.count()).select_from(job_results).where(job_results.c.job_id == job_id)).scalar_one()
+                conn.execute(update(jobs).where(jobs.c.id == job_id).values(done=done))
 
     def detach_owner(self, conn: Connection, seq: int, owner_id: str) -> None:
         """Inside a delete of an organisation: its challenges stay, without an owner."""
@@ -589,6 +616,12 @@ class Store:
             query = query.where(digest_messages.c.organisation_id == organisation_id)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def _drop_excluded(filters: dict | None, entity_id: str) -> None:
+    """Take an id out of a stored request's exclude_ids (in place)."""
+    if filters and entity_id in (filters.get("exclude_ids") or []):
+        filters["exclude_ids"] = [i for i in filters["exclude_ids"] if i != entity_id]
 
 
 def _embedding_columns(record: EmbeddingRecord | None) -> dict:

@@ -14,7 +14,7 @@ from matcher.engine import Engine
 from models.enums import EntityKind
 from models.jobs import JobStore
 from models.keys import KeyStore
-from models.tables import changes
+from models.tables import changes, jobs as jobs_table
 from tests.conftest import ORGS, ROOT
 
 ORG = EntityKind.organisations
@@ -191,6 +191,8 @@ def test_delete_erases_the_organisation_everywhere(secured):
 
     JobWorker(engine).run_forever(once=True)
     assert "voltgrid" in json.dumps(client.get(f"/v1/jobs/{job['id']}/result", headers=a).get_json()["rows"])
+    queued = client.post("/v1/jobs/batch-match", json={"queries": [{"organisation_id": "voltgrid"}, {"text": "water leaks"}],
+                                                       "filters": {"exclude_ids": ["voltgrid"]}}, headers=a).get_json()
     snapshot = eng._snapshot_path(ORG)
     eng.save_snapshots()
     assert b"VoltGrid" in snapshot.read_bytes()
@@ -208,6 +210,13 @@ def test_delete_erases_the_organisation_everywhere(secured):
     assert "voltgrid" not in json.dumps(result["rows"]) and any("deleted" in e["problem"] for e in result["errors"])
     with eng.store.engine.connect() as conn:
         assert "voltgrid" not in {r.entity_id for r in conn.execute(select(changes.c.entity_id).where(changes.c.tenant == "a"))}
+        params = {r.id: r.params for r in conn.execute(select(jobs_table.c.id, jobs_table.c.params))}
+    assert "voltgrid" not in json.dumps(params)  # neither the queries nor the exclusions of any job name it
+    JobWorker(engine).run_forever(once=True)  # the queued job skips the erased query
+    result = client.get(f"/v1/jobs/{queued['id']}/result", headers=a).get_json()
+    assert result["job"]["status"] == "done" and result["job"]["progress"] == {"done": 2, "total": 2, "fraction": 1.0}
+    assert [e["field"] for e in result["errors"] if "deleted" in e["problem"]] == ["queries[0]"] and result["rows"]
+    assert "voltgrid" not in json.dumps(result)
     assert b"VoltGrid" not in snapshot.read_bytes()  # the snapshot on disk was rewritten without it
     assert "voltgrid" not in eng.indexes[ORG].num_of and num not in eng.lexical[ORG]
     for text in ("battery storage controllers for microgrids", "solar peaks"):
