@@ -77,9 +77,10 @@ def cmd_init(args) -> int:
         print("no demo key (MATCHER_LOAD_DEMO=0): create keys with "
               "python -m matcher keys create --tenant T --scopes read,match,write,admin")
     elif engine.settings.auth:
+        key = demo_key(engine)
         print(f"demo tenant '{engine.tenant}', API key with every scope (kept in {demo_key_path(engine.settings)}):")
-        print(f"  {demo_key(engine)}")
-        print(f"  e.g. curl -H 'Authorization: Bearer {demo_key(engine)}' "
+        print(f"  {key}")
+        print(f"  e.g. curl -H 'Authorization: Bearer {key}' "
               f"http://{engine.settings.host}:{engine.settings.port}/v1/organisations")
     else:
         print(f"MATCHER_AUTH=off: tenant '{engine.tenant}' is served without keys (loopback addresses only)")

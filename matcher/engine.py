@@ -396,18 +396,14 @@ class Engine:
         """Delete an entity and erase it everywhere this service keeps it (the right to erasure): the store
         (its row, its digest log, mentions in other digests and job results, its id in the change log), this
         process's indexes and caches, and the index snapshots on disk, rewritten at once. Other processes drop
-        it from their indexes at their next sync, before they answer anything."""
-        doc = self.get(kind, entity_id)
+        it from their indexes (and caches, see _replay) at their next sync, before they answer anything."""
         on_delete = None
         if kind is EntityKind.organisations:
             on_delete = lambda conn, seq: self.store.detach_owner(conn, seq, entity_id)  # noqa: E731
         if not self.store.delete(kind, entity_id, on_delete=on_delete):
             raise NotFoundError(kind, entity_id)
-        self.sync()
-        with self._lock:
-            for sentence in split_sentences(doc.get("description", "")):
-                self._sentences.pop(sentence, None)
-            self.save_snapshots()
+        self.sync()  # its replay drops the row from the indexes and clears the sentence cache
+        self.save_snapshots()
 
     def reindex(self, force: bool = False, progress=None) -> dict:
         """Embed every entity whose stored embedding is missing, stale or (with force) any; rewrite snapshots."""

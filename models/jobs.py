@@ -11,10 +11,13 @@ and the claimed job says whose it is.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 
-from sqlalchemy import and_, func, insert, or_, select, update
+from sqlalchemy import String, and_, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
 
+from models.enums import EntityKind
 from models.store import Store, _iso, utcnow
 from models.tables import job_results, jobs
 
@@ -34,6 +37,10 @@ class JobStore:
 
     def _mine(self, job_id: str):
         return (jobs.c.id == job_id, jobs.c.tenant == self.store.tenant)
+
+    def _owns(self, conn, job_id: str) -> bool:
+        """Whether the job exists and is this store's tenant's."""
+        return conn.execute(select(jobs.c.id).where(*self._mine(job_id))).first() is not None
 
     def get(self, job_id: str) -> dict | None:
         with self.store.engine.connect() as conn:
@@ -65,7 +72,7 @@ class JobStore:
 
     def done_lines(self, job_id: str) -> set[int]:
         with self.store.engine.connect() as conn:
-            if conn.execute(select(jobs.c.id).where(*self._mine(job_id))).first() is None:
+            if not self._owns(conn, job_id):
                 return set()
             return set(conn.execute(select(job_results.c.line).where(job_results.c.job_id == job_id)).scalars())
 
@@ -80,9 +87,8 @@ class JobStore:
             fresh = [{"job_id": job_id, "line": line, "result": r} for line, r in results if line not in stored]
             if fresh:
                 conn.execute(insert(job_results), fresh)
-            done = conn.execute(select(func.count()).select_from(job_results).where(job_results.c.job_id == job_id)).scalar_one()
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(
-                done=done, updated_at=now, lease_until=now + dt.timedelta(seconds=lease_s)))
+                done=_results_count(conn, job_id), updated_at=now, lease_until=now + dt.timedelta(seconds=lease_s)))
 
     def finish(self, job_id: str, status: str, message: str | None = None) -> None:
         with self.store.engine.begin() as conn:
@@ -97,11 +103,66 @@ class JobStore:
 
     def results(self, job_id: str) -> list[tuple[int, list | str]]:
         with self.store.engine.connect() as conn:
-            if conn.execute(select(jobs.c.id).where(*self._mine(job_id))).first() is None:
+            if not self._owns(conn, job_id):
                 return []
             rows = conn.execute(select(job_results.c.line, job_results.c.result)
                                 .where(job_results.c.job_id == job_id).order_by(job_results.c.line))
             return [(r.line, r.result) for r in rows]
+
+
+def _results_count(conn: Connection, job_id: str) -> int:
+    """How many of the job's queries have a stored result (its progress)."""
+    return conn.execute(select(func.count()).select_from(job_results).where(job_results.c.job_id == job_id)).scalar_one()
+
+
+def erase_from_jobs(conn: Connection, tenant: str, kind: EntityKind, entity_id: str) -> None:
+    """Batch jobs keep no trace of the entity: a query that was it (by id, or its profile) is dropped from the
+    job's parameters and its result reported as erased (a job still queued or running skips it), its id
+    leaves every exclusion list, and results lose the rows that matched it."""
+    erased = f"the {kind.value[:-1]} this query named was deleted"
+    needle = json.dumps(entity_id)
+    key = "organisation_id" if kind is EntityKind.organisations else "challenge_id"
+    tenant_jobs = select(jobs.c.id).where(jobs.c.tenant == tenant)
+    hit = set(conn.execute(tenant_jobs.where(jobs.c.params.cast(String).contains(needle))).scalars())
+    hit |= set(conn.execute(select(job_results.c.job_id).where(
+        job_results.c.job_id.in_(tenant_jobs), job_results.c.result.cast(String).contains(needle))).scalars())
+    for job_id in sorted(hit):
+        params = conn.execute(select(jobs.c.params).where(jobs.c.id == job_id)).scalar_one()
+        kept, dropped = [], set()
+        for item in params.get("items", []):
+            query = item["request"]["query"]
+            if query.get(key) == entity_id or (query.get("text") is not None and item.get("query_id") == entity_id):
+                dropped.add(item["line"])
+                continue
+            _drop_excluded(item["request"].get("filters"), entity_id)
+            kept.append(item)
+        _drop_excluded(params.get("filters"), entity_id)
+        conn.execute(update(jobs).where(jobs.c.id == job_id).values(params={**params, "items": kept}))
+        matched_kind = params.get("target") == kind.value
+        of_job = job_results.c.job_id == job_id
+        stored = set(conn.execute(select(job_results.c.line).where(of_job)).scalars())
+        touched = or_(job_results.c.result.cast(String).contains(needle), job_results.c.line.in_(sorted(dropped)))
+        for row in conn.execute(select(job_results.c.line, job_results.c.result).where(of_job, touched)).all():
+            # result rows: [query_line, query_id, rank, match_id, ...] (matcher/batch.py COLUMNS)
+            if row.line in dropped:
+                result = erased
+            elif matched_kind and isinstance(row.result, list):
+                result = [r for r in row.result if r[3] != entity_id]
+            else:
+                continue
+            if result != row.result:
+                conn.execute(update(job_results).where(job_results.c.job_id == job_id, job_results.c.line == row.line)
+                             .values(result=result))
+        fresh = [{"job_id": job_id, "line": line, "result": erased} for line in sorted(dropped - stored)]
+        if fresh:
+            conn.execute(insert(job_results), fresh)
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(done=_results_count(conn, job_id)))
+
+
+def _drop_excluded(filters: dict | None, entity_id: str) -> None:
+    """Take an id out of a stored request's exclude_ids (in place)."""
+    if filters and entity_id in (filters.get("exclude_ids") or []):
+        filters["exclude_ids"] = [i for i in filters["exclude_ids"] if i != entity_id]
 
 
 def _public(row) -> dict:

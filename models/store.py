@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from sqlalchemy import String, bindparam, create_engine, delete, event, func, insert, or_, select, update
+from sqlalchemy import String, bindparam, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from models.enums import EntityKind
@@ -26,8 +26,6 @@ from models.tables import (
     challenges,
     changes,
     digest_messages,
-    job_results,
-    jobs,
     metadata,
     organisations,
     sync_state,
@@ -167,25 +165,23 @@ class Store:
         metadata.create_all(self.engine)
         self._add_missing_columns()
         self._key_entities_by_tenant()
+        self._insert_once(sync_state, sync_state.c.id == 1, id=1, seq=0, store_uid=uuid.uuid4().hex)
+        self.ensure_tenant(self.tenant)
+
+    def _insert_once(self, table, present, **values) -> None:
+        """Insert a row unless ``present`` finds it (safe when several processes start at once)."""
         with self.engine.begin() as conn:
-            if conn.execute(select(sync_state.c.seq).where(sync_state.c.id == 1)).first() is None:
+            if conn.execute(select(table).where(present)).first() is None:
                 try:
                     with conn.begin_nested():
-                        conn.execute(insert(sync_state).values(id=1, seq=0, store_uid=uuid.uuid4().hex))
+                        conn.execute(insert(table).values(**values))
                 except Exception:  # another process inserted it first
                     pass
-        self.ensure_tenant(self.tenant)
 
     def ensure_tenant(self, tenant: str) -> None:
         """Record a tenant (idempotent)."""
         check_tenant(tenant)
-        with self.engine.begin() as conn:
-            if conn.execute(select(tenants.c.id).where(tenants.c.id == tenant)).first() is None:
-                try:
-                    with conn.begin_nested():
-                        conn.execute(insert(tenants).values(id=tenant, created_at=utcnow()))
-                except Exception:  # another process inserted it first
-                    pass
+        self._insert_once(tenants, tenants.c.id == tenant, id=tenant, created_at=utcnow())
 
     def tenant_ids(self) -> list[str]:
         """Every tenant recorded in this database."""
@@ -453,6 +449,8 @@ class Store:
 
         Erasure: the change log keeps the row number (which replays need) but no longer the id; an organisation's
         own digest log goes, and it is struck from other organisations' digest logs and from batch jobs."""
+        from models.jobs import erase_from_jobs  # jobs persistence builds on this module
+
         table = ENTITY_TABLES[kind]
         if not self.existing_ids(kind, [entity_id]):
             return False
@@ -465,7 +463,7 @@ class Store:
                 conn.execute(insert(changes).values(seq=seq, tenant=self.tenant, kind=kind.value, entity_id=ERASED, num=num, op="delete"))
                 if kind is EntityKind.organisations:
                     self._erase_from_digests(conn, entity_id)
-                self._erase_from_jobs(conn, kind, entity_id)
+                erase_from_jobs(conn, self.tenant, kind, entity_id)
                 if on_delete is not None:
                     on_delete(conn, seq)
         return num is not None
@@ -486,50 +484,6 @@ class Store:
             if row.status == "pending":
                 values["status"] = "cancelled"
             conn.execute(update(digest_messages).where(digest_messages.c.num == row.num).values(**values))
-
-    def _erase_from_jobs(self, conn: Connection, kind: EntityKind, entity_id: str) -> None:
-        """Batch jobs keep no trace of the entity: a query that was it (by id, or its profile) is dropped from the
-        job's parameters and its result reported as erased (a job still queued or running skips it), its id
-        leaves every exclusion list, and results lose the rows that matched it."""
-        erased = f"the {kind.value[:-1]} this query named was deleted"
-        needle = json.dumps(entity_id)
-        key = "organisation_id" if kind is EntityKind.organisations else "challenge_id"
-        tenant_jobs = select(jobs.c.id).where(jobs.c.tenant == self.tenant)
-        hit = set(conn.execute(tenant_jobs.where(jobs.c.params.cast(String).contains(needle))).scalars())
-        hit |= set(conn.execute(select(job_results.c.job_id).where(
-            job_results.c.job_id.in_(tenant_jobs), job_results.c.result.cast(String).contains(needle))).scalars())
-        for job_id in sorted(hit):
-            params = conn.execute(select(jobs.c.params).where(jobs.c.id == job_id)).scalar_one()
-            kept, dropped = [], set()
-            for item in params.get("items", []):
-                query = item["request"]["query"]
-                if query.get(key) == entity_id or (query.get("text") is not None and item.get("query_id") == entity_id):
-                    dropped.add(item["line"])
-                    continue
-                _drop_excluded(item["request"].get("filters"), entity_id)
-                kept.append(item)
-            _drop_excluded(params.get("filters"), entity_id)
-            conn.execute(update(jobs).where(jobs.c.id == job_id).values(params={**params, "items": kept}))
-            matched_kind = params.get("target") == kind.value
-            of_job = job_results.c.job_id == job_id
-            stored = set(conn.execute(select(job_results.c.line).where(of_job)).scalars())
-            touched = or_(job_results.c.result.cast(String).contains(needle), job_results.c.line.in_(sorted(dropped)))
-            for row in conn.execute(select(job_results.c.line, job_results.c.result).where(of_job, touched)).all():
-                # result rows: [query_line, query_id, rank, match_id, ...] (matcher/batch.py COLUMNS)
-                if row.line in dropped:
-                    result = erased
-                elif matched_kind and isinstance(row.result, list):
-                    result = [r for r in row.result if r[3] != entity_id]
-                else:
-                    continue
-                if result != row.result:
-                    conn.execute(update(job_results).where(job_results.c.job_id == job_id, job_results.c.line == row.line)
-                                 .values(result=result))
-            fresh = [{"job_id": job_id, "line": line, "result": erased} for line in sorted(dropped - stored)]
-            if fresh:
-                conn.execute(insert(job_results), fresh)
-                done = conn.execute(select(func.count()).select_from(job_results).where(job_results.c.job_id == job_id)).scalar_one()
-                conn.execute(update(jobs).where(jobs.c.id == job_id).values(done=done))
 
     def detach_owner(self, conn: Connection, seq: int, owner_id: str) -> None:
         """Inside a delete of an organisation: its challenges stay, without an owner."""
@@ -616,12 +570,6 @@ class Store:
             query = query.where(digest_messages.c.organisation_id == organisation_id)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
-
-
-def _drop_excluded(filters: dict | None, entity_id: str) -> None:
-    """Take an id out of a stored request's exclude_ids (in place)."""
-    if filters and entity_id in (filters.get("exclude_ids") or []):
-        filters["exclude_ids"] = [i for i in filters["exclude_ids"] if i != entity_id]
 
 
 def _embedding_columns(record: EmbeddingRecord | None) -> dict:

@@ -21,9 +21,10 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def error_response(status: int, code: str, message: str, details: list[dict] | None = None):
+def error_response(status: int, code: str, message: str, details: list[dict] | None = None, headers=None):
     response = jsonify({"error": {"code": code, "message": message, "details": details or []}})
     response.status_code = status
+    response.headers.extend(headers or {})
     return response
 
 
@@ -34,9 +35,7 @@ def invalid(field: str, problem: str) -> ApiError:
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        response = error_response(exc.status, exc.code, exc.message, exc.details)
-        response.headers.update(exc.headers)
-        return response
+        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
     @app.errorhandler(InvalidInput)
     def _invalid(exc: InvalidInput):
@@ -59,19 +58,17 @@ def register_error_handlers(app: Flask) -> None:
     def _http(exc: HTTPException):
         code = (exc.name or "error").lower().replace(" ", "_")
         details = [{"field": "body", "problem": "larger than the server accepts"}] if exc.code == 413 else []
-        response = error_response(exc.code or 500, code, exc.description or exc.name, details)
         # Keep the exception's own headers (a 405's Allow, RFC 9110), all but its HTML Content-Type.
-        response.headers.extend((k, v) for k, v in exc.get_headers() if k.lower() != "content-type")
-        return response
+        return error_response(exc.code or 500, code, exc.description or exc.name, details,
+                              [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"])
 
     @app.errorhandler(OperationalError)
     def _store_unavailable(exc: OperationalError):
         # The database cannot be reached, or a lock was not granted within its busy timeout (60 s on SQLite):
         # nothing was written, and the same request may succeed shortly.
         log.error("store unavailable: %s", exc.orig)
-        response = error_response(503, "store_unavailable", "the store is busy or unreachable; nothing was written, try again")
-        response.headers["Retry-After"] = "5"
-        return response
+        return error_response(503, "store_unavailable", "the store is busy or unreachable; nothing was written, try again",
+                              headers={"Retry-After": "5"})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

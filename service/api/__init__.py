@@ -69,5 +69,5 @@ def reject_unstorable_path() -> None:
     """before_request (after the key check): a path id with a NUL or half a surrogate pair names nothing that can
     be stored, so it is a 404 here, before PostgreSQL refuses the lookup with a 500."""
     for value in (request.view_args or {}).values():
-        if isinstance(value, str) and _text_problem(value):
-            raise ApiError(404, "not_found", f"id: {_text_problem(value)}", [{"field": "id", "problem": "not found"}])
+        if isinstance(value, str) and (problem := _text_problem(value)):
+            raise ApiError(404, "not_found", f"id: {problem}", [{"field": "id", "problem": "not found"}])
