@@ -10,6 +10,7 @@ database connections; so a match can only ever rank the asking tenant's organisa
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from matcher.hybrid import Corpus, Ranked, rank
 from matcher.index import Filter, SnapshotError, VectorIndex
 from matcher.lexical import LexicalIndex
 from matcher.ranker import DEFAULT_PATH as DEFAULT_RANKER, Ranker
+from matcher.past_work import PastWork, distinct_titles
 from matcher.track_record import TrackRecords
 from matcher.settings import Settings
 from matcher.text import entity_text, profile_terms_text, split_sentences, text_hash
@@ -61,6 +63,7 @@ class Engine:
         self.indexes: dict[EntityKind, VectorIndex] = {}
         self.lexical: dict[EntityKind, LexicalIndex] = {}
         self.records = TrackRecords()  # organisations' track records and co-partnership graph
+        self.past_work = PastWork()  # organisations' past project titles, as vectors
         self._ranker: Ranker | None = None
         self.stale: dict[EntityKind, int] = {kind: 0 for kind in KINDS}
         self.synced_seq = -1
@@ -157,31 +160,59 @@ class Engine:
         return index
 
     def _build_text_indexes(self) -> None:
-        """BM25 and track records of every indexed row, read from the store (they are not snapshotted)."""
+        """BM25, track records and past work of every indexed row, read from the store (not snapshotted)."""
         self.lexical = {kind: LexicalIndex() for kind in KINDS}
         self.records = TrackRecords()
+        self.past_work = PastWork()
+        unembedded: list[str] = []  # organisations stored before past project titles were embedded
         for kind in KINDS:
-            index, nums, docs = self.indexes[kind], [], []
+            index, batch = self.indexes[kind], []
             for row in self.store.vectors(kind):
                 if row.num in index.meta:
-                    nums.append(row.num)
-                    docs.append(row.data)
-                if len(nums) >= 2000:
-                    self._add_text(kind, nums, docs)
-                    nums, docs = [], []
-            self._add_text(kind, nums, docs)
+                    batch.append(row)
+                    if kind is EntityKind.organisations and row.project_vectors is None and distinct_titles(row.data):
+                        unembedded.append(row.id)
+                if len(batch) >= 2000:
+                    self._add_text(kind, batch)
+                    batch = []
+            self._add_text(kind, batch)
+        if unembedded:
+            self._embed_past_work(unembedded)
 
-    def _add_text(self, kind: EntityKind, nums: list[int], docs: list[dict]) -> None:
-        if not nums:
+    def _embed_past_work(self, ids: list[str]) -> None:
+        """Embed the past project titles of organisations stored without them (by an older version), and store
+        them as a reindex does: logged, so every process picks them up."""
+        log.info("embedding the past project titles of %d organisations", len(ids))
+        kind = EntityKind.organisations
+        for start in range(0, len(ids), 2000):
+            chunk = ids[start : start + 2000]
+            docs, stored = self.store.get_many(kind, chunk), self.store.embeddings_of(kind, chunk)
+            records = {i: dataclasses.replace(stored[i], project_vectors=self._project_vectors(docs[i]))
+                       for i in chunk if i in docs and i in stored}
+            self.store.set_embeddings(kind, records)
+
+    def _project_vectors(self, doc: dict) -> bytes | None:
+        titles = distinct_titles(doc)
+        return matrix_to_bytes(self._sentence_vectors(titles)) if titles else None
+
+    def _add_text(self, kind: EntityKind, rows: list) -> None:
+        """Index stored rows (``StoredVector``) in BM25 and, for organisations, the track records and past work."""
+        if not rows:
             return
+        nums, docs = [r.num for r in rows], [r.data for r in rows]
         self.lexical[kind].upsert(nums, [entity_text(kind, d) for d in docs])
         if kind is EntityKind.organisations:
             self.records.upsert(nums, docs)
+            self.past_work.upsert(nums, docs, [
+                matrix_from_bytes(r.project_vectors, self.encoder.dim) if r.project_vectors is not None else None
+                for r in rows
+            ])
 
     def _remove_text(self, kind: EntityKind, nums: list[int]) -> None:
         self.lexical[kind].remove(nums)
         if kind is EntityKind.organisations:
             self.records.remove(nums)
+            self.past_work.remove(nums)
 
     @property
     def ranker(self) -> Ranker:
@@ -205,6 +236,7 @@ class Engine:
             self.lexical[kind],
             self.records if kind is EntityKind.organisations else None,
             sentence_vectors,
+            self.past_work if kind is EntityKind.organisations else None,
         )
 
     def _count_stale(self) -> None:
@@ -260,7 +292,7 @@ class Engine:
                 if rows:
                     index.upsert([r.num for r in rows], np.vstack([from_bytes(r.vector) for r in rows]),
                                  [{"id": r.id, **r.meta} for r in rows])
-                    self._add_text(kind, [r.num for r in rows], [r.data for r in rows])
+                    self._add_text(kind, rows)
                 present.update(r.num for r in rows)
             gone = [n for n in nums if n not in present]
             index.remove(gone)
@@ -322,6 +354,10 @@ class Engine:
                     records[i] = record
                 if progress is not None:
                     progress(len(chunk))
+            if kind is EntityKind.organisations:
+                # Past project titles, embedded alone and cached by text: a title many profiles share costs once.
+                self._sentence_vectors(list(dict.fromkeys(t for d in docs for t in distinct_titles(d)))[:_SENTENCE_CACHE])
+                records = [dataclasses.replace(r, project_vectors=self._project_vectors(d)) for r, d in zip(records, docs)]
         if progress is not None and len(todo) < len(docs):
             progress(len(docs) - len(todo))
         return records  # type: ignore[return-value]
@@ -555,7 +591,9 @@ class Engine:
             query_sectors = {s.lower() for s in (query_doc or {}).get("sectors", [])}
             sectors = [s for s in doc.get("sectors", []) if s.lower() in query_sectors]
             offers, type_fit = self._fit(request, query_doc, query_kind, target, doc)
-            projects = explain.related_projects(vector, query_terms, doc.get("past_projects") or [], sentences, vectors)
+            titles = dict(self.past_work.closest_titles(r.num, vector, limit=1000)) if target is EntityKind.organisations else None
+            projects = explain.related_projects(vector, query_terms, doc.get("past_projects") or [], sentences, vectors,
+                                                title_similarity=titles)
             worked_with = [meta[n]["name"] for n in r.linked[:3] if n in meta]
             signals = explain.signals(r.contributions)
             out[r.num] = {

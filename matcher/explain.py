@@ -87,6 +87,7 @@ SIGNAL_GROUPS = {
     "key_terms": ("bm25",),
     "track_record": ("projects", "coordinated", "partners", "years_since"),
     "worked_with_matches": ("linked_seeds",),
+    "similar_past_work": ("past_work", "past_work_gap"),
     "type_fit": ("type_fit",),  # the fixed bonus for a partner type the challenge prefers
 }
 _SIGNAL_WORDS = {
@@ -94,6 +95,7 @@ _SIGNAL_WORDS = {
     "key_terms": "uses the query's specific terms",
     "track_record": "a strong track record of projects",
     "worked_with_matches": "has worked with other strong matches",
+    "similar_past_work": "much past work close to the query",
     "type_fit": "a partner type the challenge prefers",
 }
 
@@ -109,15 +111,19 @@ def signals(contributions: dict[str, float]) -> dict[str, float]:
 
 
 def related_projects(query: np.ndarray, query_terms: dict[str, str], projects: list[dict], sentences: list[str],
-                     vectors: np.ndarray, limit: int = 3) -> list[dict]:
-    """The match's past projects closest to the query: by the embedding of the profile sentence naming the
-    project when there is one, else by the key terms the title shares with the query."""
+                     vectors: np.ndarray, limit: int = 3, title_similarity: dict[str, float] | None = None) -> list[dict]:
+    """The match's past projects closest to the query: by the embedding of the title itself (``title_similarity``,
+    what the past-work signal ranked with), else of the profile sentence naming the project, else by the key
+    terms the title shares with the query."""
     sims = vectors @ query if len(sentences) else np.zeros(0)
+    title_similarity = title_similarity or {}
     scored = []
     for project in projects:
         title = project.get("title") or ""
         lowered = title.lower()
-        similarity = max((float(sims[i]) for i, s in enumerate(sentences) if lowered and lowered in s.lower()), default=None)
+        similarity = title_similarity.get(title.strip())
+        if similarity is None:
+            similarity = max((float(sims[i]) for i, s in enumerate(sentences) if lowered and lowered in s.lower()), default=None)
         shared = [w for t, w in key_terms(title).items() if t in query_terms]
         if similarity is None and not shared:
             continue

@@ -1,7 +1,8 @@
 """Hybrid retrieval and learned ranking over one entity kind.
 
-Candidates come from three places: the best dense (FAISS) matches, the best BM25 matches, and the partners
-of the strongest text matches (organisations that worked with them before). Each candidate gets the
+Candidates come from four places: the best dense (FAISS) matches, the best BM25 matches, the organisations
+with the most similar past work (``matcher.past_work``), and the partners of the strongest text matches
+(organisations that worked with them before). Each candidate gets the
 ranker's signals (``matcher.ranker.FEATURES``); the learned model turns them into a score in [0, 1].
 The same function ranks for the service, the evaluation command and the ranker's training.
 """
@@ -14,6 +15,7 @@ import numpy as np
 
 from matcher.index import Filter, VectorIndex
 from matcher.lexical import LexicalIndex
+from matcher.past_work import FLOOR, TAU, PastWork
 from matcher.ranker import FEATURES, Ranker, log1p, relative, sigmoid
 from matcher.track_record import TrackRecords
 
@@ -29,6 +31,7 @@ class Corpus:
     records: TrackRecords | None = None  # organisations only
     # num -> the profile's sentence vectors (rows), for the rows asked; missing rows fall back to dense
     sentence_vectors: Callable[[list[int]], dict[int, np.ndarray]] = field(default=lambda nums: {})
+    past_work: PastWork | None = None  # organisations only
 
 
 @dataclass
@@ -82,6 +85,16 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     # Seeds: the strongest text matches by reciprocal rank fusion of the two retrievers.
     seeds = reciprocal_rank_fusion([[n for n, _ in dense_hits], lexical_top])[:n_seeds]
 
+    # Similar past work: kernel mass of the query over each organisation's past project titles.
+    work_nums, work_mass, best_title = (
+        corpus.past_work.mass(query_vector) if corpus.past_work is not None else (np.zeros(0, np.int64), np.zeros(0), 0.0)
+    )
+    if allowed is not None and len(work_nums):
+        mask = np.isin(work_nums, allowed)
+        work_nums, work_mass = work_nums[mask], work_mass[mask]
+    work_top = _top(work_nums, work_mass, depth)
+    mass_of = dict(zip(work_nums.tolist(), work_mass.tolist())) if len(work_nums) else {}
+
     records = corpus.records
     use_records = records is not None and records.any_known()
     linked: dict[int, float] = {}
@@ -92,7 +105,7 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
             linked = {n: c for n, c in linked.items() if n in allowed_set}
     by_links = sorted(linked, key=lambda n: (-linked[n], n))[:depth]
 
-    candidates = [n for n in dict.fromkeys([n for n, _ in dense_hits] + lexical_top + by_links) if n in index.meta]
+    candidates = [n for n in dict.fromkeys([n for n, _ in dense_hits] + lexical_top + work_top + by_links) if n in index.meta]
     X = np.zeros((len(candidates), len(FEATURES)))
     if not candidates:
         return Candidates(candidates, X, seeds, linked, use_records)
@@ -112,6 +125,17 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     if use_records:
         X[:, 4:8] = [records.features(n) for n in candidates]
         X[:, 8] = [log1p(linked.get(n, 0.0)) for n in candidates]
+    if mass_of:
+        # The profile's own sentences count as past work too (they often name projects and topics); they are
+        # read for the candidates only, on the same kernel scale as the titles.
+        best = max([best_title] + [float((sentences[n] @ query_vector).max()) for n in candidates if len(sentences.get(n, ()))])
+        mass = np.array([
+            mass_of.get(n, 0.0) * np.exp((best_title - best) / TAU)
+            + (float(np.exp((sentences[n] @ query_vector - best) / TAU).sum()) if len(sentences.get(n, ())) else 0.0)
+            for n in candidates
+        ])
+        X[:, 9] = np.log(mass + FLOOR)
+        X[:, 10] = X[:, 9] - X[:, 9].max()
     return Candidates(candidates, X, seeds, linked, use_records)
 
 

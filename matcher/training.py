@@ -29,6 +29,7 @@ from matcher.index import Filter
 from matcher.ranker import FEATURES, TEXT_FEATURES, DEFAULT_PATH, LinearModel
 from matcher.text import entity_text
 from models.enums import EntityKind
+from models.store import StoredVector
 
 ORGS = EntityKind.organisations
 TRAIN_YEARS = (2021, 2022)
@@ -38,7 +39,7 @@ MAX_MEMBERS = 80
 REEMBED_CHARS = 1500
 # The full model's signals. Chosen on the dev split (the only tuning done there): the partner count and the
 # coordination count repeat the project count and took weights of opposite sign, which cost 0.014 nDCG@10.
-SHIPPED_FEATURES = ("dense", "dense_gap", "best_sentence", "bm25", "projects", "linked_seeds")  # profiles up to this long are embedded again without the topic  # stored participants of one topic; larger ones are umbrella calls (e.g. COFUND, networks)
+SHIPPED_FEATURES = ("dense", "dense_gap", "best_sentence", "bm25", "projects", "linked_seeds", "past_work", "past_work_gap")
 
 
 def _read(path: Path):
@@ -113,7 +114,8 @@ def collect(engine, topics: list[dict], depth: int, seeds: int, progress: bool =
     overrides: dict[int, np.ndarray] = {}
     corpus = Corpus(index, lexical, engine.records,
                     lambda nums: {**base.sentence_vectors([n for n in nums if n not in overrides]),
-                                  **{n: overrides[n] for n in nums if n in overrides}})
+                                  **{n: overrides[n] for n in nums if n in overrides}},
+                    engine.past_work)
     queries = engine.encoder.encode([t["text"] for t in topics])
     rows, labels, groups = [], [], []
     from tqdm import tqdm
@@ -139,11 +141,14 @@ def collect(engine, topics: list[dict], depth: int, seeds: int, progress: bool =
             matrix = matrix_from_bytes(blob, engine.encoder.dim)
             keep = [i for i, s in enumerate(sentences) if not any(t in s for t in topic["titles"])]
             overrides[n] = matrix[keep]
+        project_vectors = {r.num: r.project_vectors for r in engine.store.vectors(ORGS, nums)}
+        # Without the topic, its project titles leave the past work too (the others keep their vectors).
         _apply(engine, nums, np.vstack([vectors[n] for n in nums]), [changed[n] for n in nums])
         try:
             found = gather(corpus, qvec, topic["text"], Filter(), depth, seeds)
         finally:
-            _apply(engine, nums, np.vstack([old_vectors[n] for n in nums]), [originals[n] for n in nums])
+            _apply(engine, nums, np.vstack([old_vectors[n] for n in nums]), [originals[n] for n in nums],
+                   [project_vectors.get(n) for n in nums])
             overrides.clear()
         members = set(nums)
         rows.append(found.X)
@@ -152,10 +157,11 @@ def collect(engine, topics: list[dict], depth: int, seeds: int, progress: bool =
     return np.vstack(rows), np.concatenate(labels), np.concatenate(groups)
 
 
-def _apply(engine, nums, vectors, docs) -> None:
+def _apply(engine, nums, vectors, docs, project_vectors=None) -> None:
     index = engine.indexes[ORGS]
     index.upsert(nums, vectors, [dict(index.meta[n]) for n in nums])
-    engine._add_text(ORGS, nums, docs)
+    blobs = project_vectors or [None] * len(nums)
+    engine._add_text(ORGS, [StoredVector(n, d["id"], {}, None, None, None, d, b) for n, d, b in zip(nums, docs, blobs)])
 
 
 def fit(X: np.ndarray, y: np.ndarray, features: tuple[str, ...], c: float, weights: np.ndarray | None = None) -> LinearModel:

@@ -61,6 +61,7 @@ class EmbeddingRecord:
     text_hash: str
     sentences: list[str] | None = None  # the description's sentences ...
     sentence_vectors: bytes | None = None  # ... and their vectors, float16, one row each
+    project_vectors: bytes | None = None  # past project titles embedded alone, float16 (organisations)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class StoredVector:
     model: str | None
     text_hash: str | None
     data: dict | None = None  # the document itself
+    project_vectors: bytes | None = None  # see EmbeddingRecord
 
 
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -321,12 +323,12 @@ class Store:
         with self.engine.connect() as conn:
             rows = _rows_where_in(conn, table.c.id, list(dict.fromkeys(ids)),
                                   table.c.id, table.c.embedding, table.c.embedding_model, table.c.text_hash,
-                                  table.c.sentences, table.c.sentence_vectors,
+                                  table.c.sentences, table.c.sentence_vectors, table.c.project_vectors,
                                   where=(table.c.embedding.is_not(None), *self._mine(table)))
             return {
                 row.id: EmbeddingRecord(
                     bytes(row.embedding), row.embedding_model, row.text_hash, row.sentences,
-                    bytes(row.sentence_vectors) if row.sentence_vectors is not None else None,
+                    _bytes(row.sentence_vectors), _bytes(row.project_vectors),
                 )
                 for row in rows
             }
@@ -343,7 +345,8 @@ class Store:
     def vectors(self, kind: EntityKind, nums: Iterable[int] | None = None) -> Iterator[StoredVector]:
         """Every entity's (or the given rows') embedding and index fields."""
         table = ENTITY_TABLES[kind]
-        cols = (table.c.num, table.c.id, table.c.data, table.c.embedding, table.c.embedding_model, table.c.text_hash)
+        cols = (table.c.num, table.c.id, table.c.data, table.c.embedding, table.c.embedding_model, table.c.text_hash,
+                table.c.project_vectors)
         with self.engine.connect() as conn:
             if nums is None:
                 rows = conn.execution_options(yield_per=2000).execute(select(*cols).where(*self._mine(table)).order_by(table.c.num))
@@ -358,6 +361,7 @@ class Store:
                     row.embedding_model,
                     row.text_hash,
                     row.data,
+                    _bytes(row.project_vectors),
                 )
 
     def changes_since(self, seq: int) -> list[Change]:
@@ -574,9 +578,15 @@ class Store:
 
 def _embedding_columns(record: EmbeddingRecord | None) -> dict:
     if record is None:
-        return dict(embedding=None, embedding_model=None, text_hash=None, sentences=None, sentence_vectors=None)
+        return dict(embedding=None, embedding_model=None, text_hash=None, sentences=None, sentence_vectors=None,
+                    project_vectors=None)
     return dict(embedding=record.vector, embedding_model=record.model, text_hash=record.text_hash,
-                sentences=record.sentences, sentence_vectors=record.sentence_vectors)
+                sentences=record.sentences, sentence_vectors=record.sentence_vectors,
+                project_vectors=record.project_vectors)
+
+
+def _bytes(blob) -> bytes | None:
+    return bytes(blob) if blob is not None else None
 
 
 def _rows_where_in(conn: Connection, column, keys: list, *columns, where=()) -> Iterator:

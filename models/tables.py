@@ -52,6 +52,9 @@ def _entity_columns():
         # embedding: explanations pick the sentence closest to a query without running the model again.
         Column("sentences", JSON),
         Column("sentence_vectors", LargeBinary),
+        # The distinct titles of an organisation's past projects, each embedded alone (float16, one row per
+        # title, in the order they first appear): what the ranker's "similar past work" signal reads.
+        Column("project_vectors", LargeBinary),
     ]
 
 
