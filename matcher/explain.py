@@ -158,11 +158,13 @@ def summary(score: float, *, signals: dict[str, float], shared: list[str], secto
             type_fit: str | None, projects: list[dict], worked_with: list[str]) -> str:
     """One line: the score in words, then the reasons that ranked it, strongest first."""
     parts = [f"{score_words(score).capitalize()} ({score:.2f})"]
+    example = f"past project '{projects[0]['title']}'" if projects else None
     for name, weight in signals.items():
         if weight <= 0:
             continue
-        if name == "meaning" and projects:
-            parts.append(f"close in meaning to the query, e.g. past project '{projects[0]['title']}'")
+        if name in ("meaning", "similar_past_work") and example:
+            parts.append(f"{_SIGNAL_WORDS[name]}, e.g. {example}")
+            example = None  # named once
         elif name == "key_terms" and shared:
             parts.append("both mention " + ", ".join(shared[:5]))
         elif name == "worked_with_matches" and worked_with:

@@ -45,16 +45,21 @@ class PastWork:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._rows: dict[int, dict[str, int]] = {}  # num -> title -> projects with that title
-        self._vectors: dict[str, np.ndarray] = {}  # title -> unit vector
+        # Each title held has a slot: a row of the title matrix, stable while some organisation names it.
+        self._slot: dict[str, int] = {}
+        self._free: list[int] = []
+        self._matrix = np.zeros((0, 0), np.float32)
+        self._live = np.zeros(0, bool)
         self._refs: dict[str, int] = {}  # title -> rows naming it
-        self._built: tuple[np.ndarray, np.ndarray, sp.csr_matrix] | None = None  # nums, title matrix, incidence
+        self._rows: dict[int, tuple[list[str], np.ndarray, np.ndarray]] = {}  # num -> titles, their slots, counts
+        self._orphans: set[str] = set()
+        self._built: tuple[np.ndarray, sp.csr_matrix] | None = None  # nums, incidence (rows x slots)
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def titles(self) -> int:
-        return len(self._vectors)
+        return len(self._slot)
 
     def upsert(self, nums: list[int], docs: list[dict], vectors: list[np.ndarray | None] | None = None) -> None:
         """(Re)index rows. ``vectors[i]`` holds row i's distinct titles' vectors (``distinct_titles`` order);
@@ -66,66 +71,83 @@ class PastWork:
                 given = vectors[i] if vectors is not None else None
                 if given is not None:
                     for title, vector in zip(distinct_titles(doc), given):
-                        self._vectors.setdefault(title, np.asarray(vector, np.float32))
-                counts = {t: c for t, c in title_counts(doc).items() if t in self._vectors}
+                        if title not in self._slot:
+                            self._hold(title, vector)
+                counts = {t: c for t, c in title_counts(doc).items() if t in self._slot}
                 for title in counts:
                     self._refs[title] = self._refs.get(title, 0) + 1
-                self._rows[num] = counts
-            self._forget_unused()
-            self._built = None
+                titles = list(counts)
+                self._rows[num] = (titles, np.array([self._slot[t] for t in titles], np.int64),
+                                   np.array([counts[t] for t in titles], np.float32))
+            self._forget_orphans()
 
     def remove(self, nums: list[int]) -> None:
         with self._lock:
             for num in nums:
                 self._drop(int(num))
-            self._forget_unused()
-            self._built = None
+            self._forget_orphans()
+
+    def _hold(self, title: str, vector: np.ndarray) -> None:
+        vector = np.asarray(vector, np.float32)
+        if not self._free:
+            old = len(self._live)
+            grown = np.zeros((max(2 * old, 1024), len(vector)), np.float32)
+            if old:
+                grown[:old] = self._matrix
+            self._matrix, self._live = grown, np.concatenate([self._live, np.zeros(len(grown) - old, bool)])
+            self._free = list(range(len(grown) - 1, old - 1, -1))
+        slot = self._free.pop()
+        self._matrix[slot], self._live[slot] = vector, True
+        self._slot[title] = slot
+        self._orphans.add(title)  # until a row names it
 
     def _drop(self, num: int) -> None:
-        for title in self._rows.pop(num, {}):
+        for title in self._rows.pop(num, ([], None, None))[0]:
             self._refs[title] -= 1
+            if self._refs[title] <= 0:
+                self._orphans.add(title)
 
-    def _forget_unused(self) -> None:
-        for title in [t for t, n in self._refs.items() if n <= 0]:
-            del self._refs[title]
-        for title in [t for t in self._vectors if t not in self._refs]:
-            del self._vectors[title]
+    def _forget_orphans(self) -> None:
+        """Titles no stored organisation names any more leave, vectors included (zeroed)."""
+        for title in self._orphans:
+            if self._refs.get(title, 0) <= 0:
+                self._refs.pop(title, None)
+                slot = self._slot.pop(title)
+                self._matrix[slot], self._live[slot] = 0.0, False
+                self._free.append(slot)
+        self._orphans.clear()
+        self._built = None
 
-    def _build(self) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix]:
+    def _build(self) -> tuple[np.ndarray, sp.csr_matrix]:
         with self._lock:
             if self._built is None:
-                titles = list(self._vectors)
-                column = {t: j for j, t in enumerate(titles)}
                 nums = np.array(sorted(self._rows), np.int64)
-                rows, cols, vals = [], [], []
-                for i, num in enumerate(nums.tolist()):
-                    for title, count in self._rows[num].items():
-                        rows.append(i)
-                        cols.append(column[title])
-                        vals.append(count)
-                matrix = np.vstack([self._vectors[t] for t in titles]) if titles else np.zeros((0, 0), np.float32)
-                incidence = sp.csr_matrix((np.asarray(vals, np.float32), (rows, cols)), shape=(len(nums), len(titles)))
-                self._built = (nums, matrix, incidence)
+                parts = [self._rows[int(n)] for n in nums]
+                lengths = np.fromiter((len(p[0]) for p in parts), np.int64, len(parts))
+                rows = np.repeat(np.arange(len(nums)), lengths)
+                cols = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+                vals = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.float32)
+                self._built = (nums, sp.csr_matrix((vals, (rows, cols)), shape=(len(nums), len(self._live))))
             return self._built
 
     def mass(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """(nums, kernel mass per row, best title cosine) for a unit query vector; the mass is relative to the
         best title (which counts 1), and rows without titles are left out."""
-        nums, matrix, incidence = self._build()
-        if not len(nums) or not matrix.shape[0]:
+        nums, incidence = self._build()
+        if not len(nums) or not self._slot:
             return np.zeros(0, np.int64), np.zeros(0), 0.0
-        sims = matrix @ query.astype(np.float32)
-        best = float(sims.max())
-        kernel = np.exp((sims - best) / TAU)
+        sims = self._matrix[: incidence.shape[1]] @ query.astype(np.float32)
+        best = float(sims[self._live[: incidence.shape[1]]].max())
+        kernel = np.exp(np.minimum(sims - best, 0.0) / TAU)  # free slots are named by no row: they add nothing
         return nums, np.asarray(incidence @ kernel, np.float64), best
 
     def closest_titles(self, num: int, query: np.ndarray, limit: int = 3) -> list[tuple[str, float]]:
         """A row's past project titles closest to the query, with their cosines (for explanations)."""
         with self._lock:
-            titles = list(self._rows.get(int(num), {}))
-            vectors = [self._vectors[t] for t in titles]
+            titles, slots, _ = self._rows.get(int(num), ([], np.zeros(0, np.int64), None))
+            vectors = self._matrix[slots]
         if not titles:
             return []
-        sims = np.vstack(vectors) @ query.astype(np.float32)
+        sims = vectors @ query.astype(np.float32)
         order = np.argsort(-sims, kind="stable")[:limit]
         return [(titles[i], float(sims[i])) for i in order]

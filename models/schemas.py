@@ -278,7 +278,7 @@ class RelatedProject(BaseModel):
     title: str
     year: int | None = None
     role: str | None = None
-    similarity: float | None = None  # cosine of the query with the profile sentence naming the project
+    similarity: float | None = None  # cosine of the query with the project's title (or the sentence naming it)
 
 
 class Explanation(BaseModel):
@@ -286,7 +286,7 @@ class Explanation(BaseModel):
 
     summary: str
     # Each signal group's share of the score (log-odds against an average candidate), largest first:
-    # meaning, key_terms, track_record, worked_with_matches, type_fit.
+    # meaning, key_terms, track_record, worked_with_matches, similar_past_work, type_fit.
     signals: dict[str, float] = {}
     closest_sentence: str | None = None
     closest_sentence_similarity: float | None = None
