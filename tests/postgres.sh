@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${TEST_PYTHON:-.venv/bin/python}  # TEST_PYTHON: another interpreter with the requirements
-# The storage, API (in process and under gunicorn), engine and digest tests, and the ranking tests' second process:
+# The storage, API (in process and under gunicorn), engine, digest and past-work tests, and the ranking tests' second process:
 # the code that reads and writes the store. The rest of tests/matcher (batch files, consortia, schedules, CLI,
 # evaluation) works on top of the engine and adds time, not database coverage.
 paths=0
@@ -21,7 +21,7 @@ for arg in "$@"; do
   case $arg in tests/*|./tests/*) paths=1 ;; esac
 done
 if [ $paths = 0 ]; then
-  set -- "$@" tests/models tests/service tests/matcher/test_engine.py tests/matcher/test_digest.py tests/matcher/test_ranking.py
+  set -- "$@" tests/models tests/service tests/matcher/test_engine.py tests/matcher/test_digest.py tests/matcher/test_ranking.py tests/matcher/test_past_work.py
 fi
 
 pg_bin() {  # the directory of initdb/pg_ctl: on PATH, else Debian's /usr/lib/postgresql/<newest>/bin
