@@ -2,8 +2,8 @@
 
 Candidates come from four places: the best dense (FAISS) matches, the best BM25 matches, the organisations
 with the most similar past work (``matcher.past_work``), and the partners of the strongest text matches
-(organisations that worked with them before). Each candidate gets the
-ranker's signals (``matcher.ranker.FEATURES``); the learned model turns them into a score in [0, 1].
+(organisations that worked with them before). Each candidate gets the ranker's signals
+(``matcher.ranker.FEATURES``); the learned model turns them into a score in [0, 1].
 The same function ranks for the service, the evaluation command and the ranker's training.
 """
 from __future__ import annotations
@@ -118,9 +118,8 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     sentences = corpus.sentence_vectors(candidates)
     X[:, 0] = dense
     X[:, 1] = dense - dense.max()
-    X[:, 2] = [
-        float((sentences[n] @ query_vector).max()) if len(sentences.get(n, ())) else dense_of[n] for n in candidates
-    ]
+    sentence_sims = {n: sentences[n] @ query_vector for n in candidates if len(sentences.get(n, ()))}
+    X[:, 2] = [float(sentence_sims[n].max()) if n in sentence_sims else dense_of[n] for n in candidates]
     X[:, 3] = relative(np.array([bm25_of.get(n, 0.0) for n in candidates]))
     if use_records:
         X[:, 4:8] = [records.features(n) for n in candidates]
@@ -128,10 +127,10 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     if mass_of:
         # The profile's own sentences count as past work too (they often name projects and topics); they are
         # read for the candidates only, on the same kernel scale as the titles.
-        best = max([best_title] + [float((sentences[n] @ query_vector).max()) for n in candidates if len(sentences.get(n, ()))])
+        best = max([best_title] + [float(sims.max()) for sims in sentence_sims.values()])
         mass = np.array([
             mass_of.get(n, 0.0) * np.exp((best_title - best) / TAU)
-            + (float(np.exp((sentences[n] @ query_vector - best) / TAU).sum()) if len(sentences.get(n, ())) else 0.0)
+            + (float(np.exp((sentence_sims[n] - best) / TAU).sum()) if n in sentence_sims else 0.0)
             for n in candidates
         ])
         X[:, 9] = np.log(mass + FLOOR)
