@@ -95,7 +95,7 @@ _SIGNAL_WORDS = {
     "key_terms": "uses the query's specific terms",
     "track_record": "a strong track record of projects",
     "worked_with_matches": "has worked with other strong matches",
-    "similar_past_work": "much past work close to the query",
+    "similar_past_work": "past work close to the query",
     "type_fit": "a partner type the challenge prefers",
 }
 
