@@ -28,7 +28,7 @@ from matcher.ranker import DEFAULT_PATH as DEFAULT_RANKER, Ranker
 from matcher.past_work import PastWork, distinct_titles
 from matcher.track_record import TrackRecords
 from matcher.settings import Settings
-from matcher.text import entity_text, profile_terms_text, split_sentences, text_hash
+from matcher.text import entity_text, profile_terms_text, query_title, split_sentences, text_hash
 from models.enums import EntityKind, OrgType
 from models.schemas import InvalidInput, MatchRequest, validate_entities, validate_entity
 from models.store import EmbeddingRecord, NotFoundError, Store, check_tenant
@@ -513,9 +513,12 @@ class Engine:
             exclude_nums=tuple(exclude),
         )
         query_text = request.query.text if query_doc is None else entity_text(query_kind, query_doc)
-        ranked = rank(self.corpus(target), vector, query_text, flt, request.k, self.ranker, self._type_fit(query_doc, query_kind, target))
+        title_vector = self._title_vector(query_text if query_doc is None else None, query_doc, query_kind, target)
+        ranked = rank(self.corpus(target), vector, query_text, flt, request.k, self.ranker,
+                      self._type_fit(query_doc, query_kind, target), title_vector)
         docs = self.store.get_by_nums(target, [r.num for r in ranked]) if request.explain else {}
-        explanations = self._explain(vector, request, query_doc, query_kind, target, ranked, docs) if request.explain else {}
+        explanations = (self._explain(vector, title_vector, request, query_doc, query_kind, target, ranked, docs)
+                        if request.explain else {})
         matches = []
         for r in ranked:
             meta = index.meta[r.num]
@@ -531,6 +534,17 @@ class Engine:
                 match["status"] = meta.get("status")
             matches.append(match)
         return {"matches": matches, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+    def _title_vector(self, text: str | None, query_doc, query_kind, target) -> np.ndarray | None:
+        """The query's title embedded alone, for the past-work signal (organisation targets only): a challenge's
+        title, or the first line of a free text that has more lines; None when there is none."""
+        if target is not EntityKind.organisations:
+            return None
+        if query_doc is not None:
+            title = (query_doc.get("title") or "").strip() if query_kind is EntityKind.challenges else ""
+        else:
+            title = query_title(text or "") or ""
+        return self._sentence_vectors([title])[0] if title else None
 
     def _type_fit(self, query_doc, query_kind, target):
         """Which candidates the challenge side prefers by organisation type (None when nobody says)."""
@@ -559,8 +573,8 @@ class Engine:
             self._sentences.popitem(last=False)
         return result
 
-    def _explain(self, vector, request, query_doc, query_kind, target, ranked: list[Ranked], docs) -> dict[int, dict]:
-        """Why each match ranked where it did, from the signals the ranker used."""
+    def _explain(self, vector, title_vector, request, query_doc, query_kind, target, ranked: list[Ranked], docs) -> dict[int, dict]:
+        """Why each match ranked where it did, from the signals the ranker used (past work: by the title's vector)."""
         query_text = request.query.text if query_doc is None else profile_terms_text(query_doc)
         query_terms = explain.key_terms(query_text)
         per_hit = {}
@@ -591,7 +605,7 @@ class Engine:
             query_sectors = {s.lower() for s in (query_doc or {}).get("sectors", [])}
             sectors = [s for s in doc.get("sectors", []) if s.lower() in query_sectors]
             offers, type_fit = self._fit(request, query_doc, query_kind, target, doc)
-            titles = dict(self.past_work.closest_titles(r.num, vector, limit=1000)) if target is EntityKind.organisations else None
+            titles = dict(self.past_work.closest_titles(r.num, vector if title_vector is None else title_vector, limit=1000)) if target is EntityKind.organisations else None
             projects = explain.related_projects(vector, query_terms, doc.get("past_projects") or [], sentences, vectors,
                                                 title_similarity=titles)
             worked_with = [meta[n]["name"] for n in r.linked[:3] if n in meta]

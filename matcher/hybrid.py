@@ -70,8 +70,13 @@ class Candidates:
     use_records: bool  # whether the track-record signals are known (else the text-only model ranks)
 
 
-def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filter, depth: int, n_seeds: int) -> Candidates:
-    """Candidates passing the filter, from the three retrievers, with every ranking signal."""
+def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filter, depth: int, n_seeds: int,
+           title_vector: np.ndarray | None = None) -> Candidates:
+    """Candidates passing the filter, from the four retrievers, with every ranking signal.
+
+    ``title_vector``: the query's title embedded alone (``matcher.text.query_title``), which the past-work
+    signal compares with past project titles (title to title); the whole query's vector when it has none."""
+    work_vector = query_vector if title_vector is None else title_vector
     index = corpus.vectors
     allowed = index.allowed(flt)
     dense_hits = index.search(query_vector[None, :], depth, allowed=allowed)[0]
@@ -85,9 +90,9 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     # Seeds: the strongest text matches by reciprocal rank fusion of the two retrievers.
     seeds = reciprocal_rank_fusion([[n for n, _ in dense_hits], lexical_top])[:n_seeds]
 
-    # Similar past work: kernel mass of the query over each organisation's past project titles.
+    # Similar past work: kernel mass of the query's title over each organisation's past project titles.
     work_nums, work_mass, best_title = (
-        corpus.past_work.mass(query_vector) if corpus.past_work is not None else (np.zeros(0, np.int64), np.zeros(0), 0.0)
+        corpus.past_work.mass(work_vector) if corpus.past_work is not None else (np.zeros(0, np.int64), np.zeros(0), 0.0)
     )
     if allowed is not None and len(work_nums):
         mask = np.isin(work_nums, allowed)
@@ -120,6 +125,7 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     X[:, 1] = dense - dense.max()
     sentence_sims = {n: sentences[n] @ query_vector for n in candidates if len(sentences.get(n, ()))}
     X[:, 2] = [float(sentence_sims[n].max()) if n in sentence_sims else dense_of[n] for n in candidates]
+    work_sims = sentence_sims if title_vector is None else {n: sentences[n] @ work_vector for n in sentence_sims}
     X[:, 3] = relative(np.array([bm25_of.get(n, 0.0) for n in candidates]))
     if use_records:
         X[:, 4:8] = [records.features(n) for n in candidates]
@@ -127,10 +133,10 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     if mass_of:
         # The profile's own sentences count as past work too (they often name projects and topics); they are
         # read for the candidates only, on the same kernel scale as the titles.
-        best = max([best_title] + [float(sims.max()) for sims in sentence_sims.values()])
+        best = max([best_title] + [float(sims.max()) for sims in work_sims.values()])
         mass = np.array([
             mass_of.get(n, 0.0) * np.exp((best_title - best) / TAU)
-            + (float(np.exp((sentence_sims[n] - best) / TAU).sum()) if n in sentence_sims else 0.0)
+            + (float(np.exp((work_sims[n] - best) / TAU).sum()) if n in work_sims else 0.0)
             for n in candidates
         ])
         X[:, 9] = np.log(mass + FLOOR)
@@ -146,9 +152,10 @@ def rank(
     k: int,
     ranker: Ranker,
     type_fit: Callable[[int], bool] | None = None,
+    title_vector: np.ndarray | None = None,
 ) -> list[Ranked]:
-    """The best k rows passing the filter, best first."""
-    found = gather(corpus, query_vector, query_text, flt, max(ranker.depth, k), ranker.seeds)
+    """The best k rows passing the filter, best first (``title_vector``: see ``gather``)."""
+    found = gather(corpus, query_vector, query_text, flt, max(ranker.depth, k), ranker.seeds, title_vector)
     if not found.nums:
         return []
     model = ranker.full if found.use_records else ranker.text

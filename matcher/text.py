@@ -60,6 +60,13 @@ def entity_text(kind: EntityKind, doc: dict) -> str:
     return organisation_text(doc) if kind is EntityKind.organisations else challenge_text(doc)
 
 
+def query_title(text: str) -> str | None:
+    """The title of a free-text query: its first line, when more text follows it (a call text sent as "title,
+    newline, description", as a challenge is composed); None for a text of one line, which is all title."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if len(lines) > 1 else None
+
+
 def split_sentences(text: str) -> list[str]:
     """Sentences (and lines) of a text, stripped, empty ones dropped."""
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]

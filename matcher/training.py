@@ -27,7 +27,7 @@ from matcher.evaluation import ndcg_at, open_pool_engine
 from matcher.hybrid import Corpus, gather
 from matcher.index import Filter
 from matcher.ranker import FEATURES, TEXT_FEATURES, DEFAULT_PATH, LinearModel
-from matcher.text import entity_text
+from matcher.text import entity_text, query_title
 from models.enums import EntityKind
 from models.store import StoredVector
 
@@ -117,6 +117,9 @@ def collect(engine, topics: list[dict], depth: int, seeds: int, progress: bool =
                                   **{n: overrides[n] for n in nums if n in overrides}},
                     engine.past_work)
     queries = engine.encoder.encode([t["text"] for t in topics])
+    # As the service does: a topic with a call text has a title line, embedded alone for the past-work signal.
+    titles = [query_title(t["text"]) for t in topics]
+    title_of = dict(zip([t for t in titles if t], engine.encoder.encode_sentences([t for t in titles if t])))
     rows, labels, groups = [], [], []
     from tqdm import tqdm
 
@@ -145,7 +148,7 @@ def collect(engine, topics: list[dict], depth: int, seeds: int, progress: bool =
         # Without the topic, its project titles leave the past work too (the others keep their vectors).
         _apply(engine, nums, np.vstack([vectors[n] for n in nums]), [changed[n] for n in nums])
         try:
-            found = gather(corpus, qvec, topic["text"], Filter(), depth, seeds)
+            found = gather(corpus, qvec, topic["text"], Filter(), depth, seeds, title_of.get(titles[qid]))
         finally:
             _apply(engine, nums, np.vstack([old_vectors[n] for n in nums]), [originals[n] for n in nums],
                    [project_vectors.get(n) for n in nums])

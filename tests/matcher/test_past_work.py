@@ -5,6 +5,7 @@ from sqlalchemy import update
 
 from matcher.engine import Engine
 from matcher.past_work import TAU, PastWork, distinct_titles
+from matcher.text import query_title
 from models.enums import EntityKind
 from models.schemas import MatchRequest
 from models.tables import organisations
@@ -94,3 +95,25 @@ def test_match_explains_with_the_past_work_that_ranked_it(engine_with_work):
     assert top["id"] == "tram"
     related = top["explanation"]["related_projects"]
     assert related[0]["title"] == "Electric trams for small cities" and related[0]["similarity"] > 0.6
+
+
+def test_the_title_of_a_query_is_its_first_line_when_more_follows():
+    assert query_title("Electric trams for small cities.\nThe call asks for pilots in two cities.") == "Electric trams for small cities."
+    assert query_title("\n  Cultural tourism in rural areas \n\nScope: ...") == "Cultural tourism in rural areas"
+    assert query_title("sensors that detect ice on cycle paths") is None  # one line: all of it is the title
+    assert query_title("") is None
+
+
+def test_a_call_texts_title_line_is_compared_with_past_project_titles(engine_with_work):
+    """Past work is matched title to title: a call's title line against past project titles, not the whole call."""
+    text = ("Electric trams for small cities\n"
+            "Expected outcome: regions get cleaner air and quieter streets, and the farms around them save water "
+            "with irrigation planned from sensors in the fields; results are shared with other regions.")
+    result = engine_with_work.match(MatchRequest.model_validate({"query": {"text": text}, "k": 3}))
+    tram = next(m for m in result["matches"] if m["id"] == "tram")
+    related = tram["explanation"]["related_projects"][0]
+    assert related["title"] == "Electric trams for small cities"
+    assert related["similarity"] > 0.95  # the title line embedded alone is (almost) the same text as the title
+    whole = engine_with_work.encoder.encode([text])[0]
+    num = engine_with_work.indexes[ORG].num_of["tram"]
+    assert dict(engine_with_work.past_work.closest_titles(num, whole))["Electric trams for small cities"] < 0.9
