@@ -9,7 +9,8 @@ where ``best`` is the closest title to ``q`` in the whole index, so the best sin
 that is 0.1 less similar counts e^-1. It grows with both how close the work is and how much of it there is: a
 university with forty projects near the topic outweighs one with a single close title, and an organisation
 whose many projects are all far away gains little. The ranker reads ``log(mass)`` (``matcher.hybrid``), and
-the best organisations by mass join the candidates, beside the dense and BM25 ones.
+the best organisations by mass join the candidates, beside the dense and BM25 ones. ``q`` is the query's
+title embedded alone when it has one (``matcher.text.query_title``): a call is compared title to title.
 
 Kept in sync with the store like the other indexes. A title shared by several organisations is held once;
 when the last organisation naming it goes, so does its vector.

@@ -30,7 +30,7 @@ FEATURES = (
     "partners",  # log(1 + distinct partners)
     "years_since",  # years from the organisation's last project to the newest in the store, capped at 5
     "linked_seeds",  # log(1 + how many of the query's strongest text matches it has worked with)
-    "past_work",  # log of the kernel mass of the query over past project titles and profile sentences (past_work.py)
+    "past_work",  # log of the kernel mass of the query's title over past project titles and profile sentences (past_work.py)
     "past_work_gap",  # past_work minus the best past_work among this query's candidates (<= 0)
 )
 TEXT_FEATURES = FEATURES[:4]

@@ -239,7 +239,8 @@ MAX_BULK_ITEMS = 1000
 class MatchQuery(_Strict):
     """Exactly one of ``text``, ``challenge_id`` or ``organisation_id``."""
 
-    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_TEXT)] | None = None
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_QUERY_TEXT)] | None = Field(
+        None, description="Free text. With several lines, the first is read as its title (compared with past project titles).")
     challenge_id: EntityId | None = None
     organisation_id: EntityId | None = None
 
