@@ -80,14 +80,17 @@ def test_explanations_use_sentence_vectors_stored_at_write_time(loaded, monkeypa
     real = loaded.encoder.encode_sentences
     monkeypatch.setattr(loaded.encoder, "encode_sentences", lambda s: calls.append(s) or real(s))
     result = loaded.match(req(query={"challenge_id": "harbour"}, k=6))
-    assert calls == [] and all(m["explanation"]["closest_sentence"] for m in result["matches"])
+    # Only the challenge's title is embedded (alone, for the past-work signal), and once per process.
+    assert calls == [[loaded.get(CH, "harbour")["title"]]] and all(m["explanation"]["closest_sentence"] for m in result["matches"])
+    loaded.match(req(query={"challenge_id": "harbour"}, k=6))
+    assert len(calls) == 1
     # A row stored without sentence vectors (an older store) is explained by embedding its sentences then.
     from models.tables import organisations
 
     with loaded.store.engine.begin() as conn:
         conn.execute(organisations.update().where(organisations.c.id == "aquasense").values(sentence_vectors=None))
     result = loaded.match(req(query={"text": "leak detection for water pipes"}, k=1))
-    assert len(calls) == 1 and result["matches"][0]["explanation"]["closest_sentence"].startswith("Acoustic sensors")
+    assert len(calls) == 2 and result["matches"][0]["explanation"]["closest_sentence"].startswith("Acoustic sensors")
 
 
 def test_two_processes_agree_through_the_store(loaded, settings, encoder):
