@@ -513,7 +513,7 @@ class Engine:
             exclude_nums=tuple(exclude),
         )
         query_text = request.query.text if query_doc is None else entity_text(query_kind, query_doc)
-        title_vector = self._title_vector(query_text if query_doc is None else None, query_doc, query_kind, target)
+        title_vector = self._title_vector(request, query_doc, query_kind, target)
         ranked = rank(self.corpus(target), vector, query_text, flt, request.k, self.ranker,
                       self._type_fit(query_doc, query_kind, target), title_vector)
         docs = self.store.get_by_nums(target, [r.num for r in ranked]) if request.explain else {}
@@ -535,15 +535,15 @@ class Engine:
             matches.append(match)
         return {"matches": matches, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
 
-    def _title_vector(self, text: str | None, query_doc, query_kind, target) -> np.ndarray | None:
+    def _title_vector(self, request: MatchRequest, query_doc, query_kind, target) -> np.ndarray | None:
         """The query's title embedded alone, for the past-work signal (organisation targets only): a challenge's
         title, or the first line of a free text that has more lines; None when there is none."""
         if target is not EntityKind.organisations:
             return None
-        if query_doc is not None:
-            title = (query_doc.get("title") or "").strip() if query_kind is EntityKind.challenges else ""
+        if query_doc is None:
+            title = query_title(request.query.text) or ""
         else:
-            title = query_title(text or "") or ""
+            title = (query_doc.get("title") or "").strip() if query_kind is EntityKind.challenges else ""
         return self._sentence_vectors([title])[0] if title else None
 
     def _type_fit(self, query_doc, query_kind, target):
