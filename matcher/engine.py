@@ -21,7 +21,7 @@ import numpy as np
 
 from matcher import explain
 from matcher.encoder import Encoder, from_bytes, matrix_from_bytes, matrix_to_bytes, to_bytes
-from matcher.hybrid import Corpus, Ranked, rank
+from matcher.hybrid import Corpus, Ranked, past_work_vector, rank
 from matcher.index import Filter, SnapshotError, VectorIndex
 from matcher.lexical import LexicalIndex
 from matcher.ranker import DEFAULT_PATH as DEFAULT_RANKER, Ranker
@@ -605,7 +605,7 @@ class Engine:
             query_sectors = {s.lower() for s in (query_doc or {}).get("sectors", [])}
             sectors = [s for s in doc.get("sectors", []) if s.lower() in query_sectors]
             offers, type_fit = self._fit(request, query_doc, query_kind, target, doc)
-            titles = dict(self.past_work.closest_titles(r.num, vector if title_vector is None else title_vector, limit=1000)) if target is EntityKind.organisations else None
+            titles = dict(self.past_work.closest_titles(r.num, past_work_vector(vector, title_vector), limit=1000)) if target is EntityKind.organisations else None
             projects = explain.related_projects(vector, query_terms, doc.get("past_projects") or [], sentences, vectors,
                                                 title_similarity=titles)
             worked_with = [meta[n]["name"] for n in r.linked[:3] if n in meta]

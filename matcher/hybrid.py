@@ -70,13 +70,18 @@ class Candidates:
     use_records: bool  # whether the track-record signals are known (else the text-only model ranks)
 
 
+def past_work_vector(query_vector: np.ndarray, title_vector: np.ndarray | None) -> np.ndarray:
+    """The vector that past work is compared with: the query's title embedded alone, else the whole query."""
+    return query_vector if title_vector is None else title_vector
+
+
 def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filter, depth: int, n_seeds: int,
            title_vector: np.ndarray | None = None) -> Candidates:
     """Candidates passing the filter, from the four retrievers, with every ranking signal.
 
     ``title_vector``: the query's title embedded alone (``matcher.text.query_title``), which the past-work
     signal compares with past project titles (title to title); the whole query's vector when it has none."""
-    work_vector = query_vector if title_vector is None else title_vector
+    work_vector = past_work_vector(query_vector, title_vector)
     index = corpus.vectors
     allowed = index.allowed(flt)
     dense_hits = index.search(query_vector[None, :], depth, allowed=allowed)[0]
