@@ -346,7 +346,7 @@ def test_make_run_flow_keys_tenants_and_shared_rate_limits_over_gunicorn(tmp_pat
         # Which worker accepts a connection is the kernel's choice: send pairs until both have answered (at least
         # 14 requests, at most 60: about a second, in which 2 a minute refills no token).
         served_pids = lambda: set(re.findall(r'pid=<?(\d+)>? "GET /v1/organisations\?limit=1',  # noqa: E731
-                                             open(data / "gunicorn.log").read()))
+                                             (data / "gunicorn.log").read_text()))
         codes = []
         with ThreadPoolExecutor(2) as pool:
             while len(codes) < 14 or (len(served_pids()) < 2 and len(codes) < 60):
