@@ -189,7 +189,9 @@ LABELS = {
 }
 
 
-def evaluate(engine, queries: list[dict], progress: bool = True) -> dict:
+def evaluate(engine, queries: list[dict], progress: bool = True, matches: list[tuple[int, float, bool]] | None = None) -> dict:
+    """The product and every baseline on ``queries``. ``matches``, when given, receives the product's top 50 per
+    query as (query number, score, relevant), which ``--calibrate`` fits the score calibration on."""
     from tqdm import tqdm
 
     texts = [query_text(q) for q in queries]
@@ -203,7 +205,7 @@ def evaluate(engine, queries: list[dict], progress: bool = True) -> dict:
     took: dict[str, list[float]] = {"product": [], "dense": []}
     calibration: list[tuple[float, bool]] = []
     skipped = 0
-    for query, text in tqdm(list(zip(queries, texts)), desc="ranking", disable=not progress):
+    for number, (query, text) in enumerate(tqdm(list(zip(queries, texts)), desc="ranking", disable=not progress)):
         relevant = set(query["relevant"]) & stored
         if not relevant:
             skipped += 1
@@ -224,6 +226,8 @@ def evaluate(engine, queries: list[dict], progress: bool = True) -> dict:
         per["product"].append(metrics(ranked, relevant))
         top10["product"].update(ranked[:10])
         calibration.extend((m["score"], m["id"] in relevant) for m in result["matches"][:50])
+        if matches is not None:
+            matches.extend((number, m["score"], m["id"] in relevant) for m in result["matches"][:50])
         # Small actors only: the same query filtered to SMEs and startups.
         small_relevant = {r for r in relevant if type_of[r] in SMALL_ACTORS}
         if small_relevant:
@@ -248,11 +252,13 @@ def evaluate(engine, queries: list[dict], progress: bool = True) -> dict:
         return {key: round(float(np.mean([r[key] for r in rows])), 4) for key in rows[0]} if rows else {}
 
     n_pool = len(stored)
+    records = engine.corpus(ORGS).records  # the full model ranks when track records are known, else the text one
     return {
         "queries": len(queries) - skipped,
         "pool": n_pool,
         "model": engine.encoder.name,
         "ranker": engine.ranker.version,
+        "ranker_model": "full" if records is not None and records.any_known() else "text",
         "rankers": {name: {**means(rows), "coverage@10": round(len(top10[name]) / n_pool, 4)} for name, rows in per.items()},
         "sme_startup_filtered": {name: {**means(rows), "queries": len(rows)} for name, rows in small.items()},
         "latency_ms_p50": {name: round(float(np.median(v)), 2) for name, v in took.items() if v},
@@ -304,15 +310,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-sample", type=int, default=None,
                         help="a pool of N: the queries' relevant organisations plus random others (quick runs)")
     parser.add_argument("--out", default=None, help="also write the figures as JSON here")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="refit the score calibration on this run's top 50 per query and write it into the ranker "
+                             "artefact (MATCHER_RANKER, else the shipped one); the ranking is unchanged")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
     queries = read_jsonl(Path(args.queries))[: args.limit]
     pool = sample_pool(read_jsonl(Path(args.pool)), queries, args.pool_sample) if args.pool_sample else None
     engine = open_pool_engine(Path(args.pool), pool, progress=not args.quiet)
-    result = evaluate(engine, queries, progress=not args.quiet)
+    matches: list[tuple[int, float, bool]] = []
+    result = evaluate(engine, queries, progress=not args.quiet, matches=matches)
     print(f"{result['queries']} queries, pool of {result['pool']} organisations, model {result['model']}, "
           f"ranker {result['ranker']}\n")
     print(table(result))
+    if args.calibrate:
+        try:
+            result["calibration_refit"] = _refit_calibration(engine, result, matches, Path(args.queries).name)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _refit_calibration(engine, result: dict, matches: list[tuple[int, float, bool]], queries_name: str) -> dict:
+    """Fit the score calibration on the run's top-50 matches, report it held out, write it into the artefact."""
+    from matcher import calibration
+    from matcher.ranker import DEFAULT_PATH
+
+    groups = np.array([q for q, _, _ in matches])
+    logits = calibration.logit(np.array([s for _, s, _ in matches]))
+    relevant = np.array([r for _, _, r in matches], bool)
+    held_out = calibration.held_out(logits, relevant, groups)
+    refit = calibration.fit(logits, relevant)
+    path = Path(engine.settings.ranker or DEFAULT_PATH)
+    fitted_on = f"{queries_name}: top 50 of {result['queries']} queries, {result['pool']} organisations"
+    payload = calibration.write(path, result["ranker_model"], refit, fitted_on)
+    bands = _calibration(list(zip(held_out.tolist(), relevant.tolist())))
+    print(f"\nCalibration refit ({result['ranker_model']} model, {len(relevant)} matches): slope {refit.slope:.3f}, "
+          f"offset {refit.offset:+.3f} on the current scores' log-odds. Held out (2 folds by query): " + "; ".join(
+              f"{c['band']}: mean score {c['mean_score']:.3f}, relevant {c['share_relevant']:.3f} (n={c['matches']})"
+              for c in bands))
+    print(f"wrote {path} ({payload['version']}); the ranking is unchanged")
+    return {"slope": refit.slope, "offset": refit.offset, "held_out": bands, "version": payload["version"]}

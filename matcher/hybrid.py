@@ -163,14 +163,16 @@ def rank(
     found = gather(corpus, query_vector, query_text, flt, max(ranker.depth, k), ranker.seeds, title_vector)
     if not found.nums:
         return []
-    model = ranker.full if found.use_records else ranker.text
+    model_name = "full" if found.use_records else "text"
+    model, calibration = getattr(ranker, model_name), ranker.calibration_of(model_name)
     contributions = model.contributions(found.X)
     names = list(model.features)
     if type_fit is not None:  # the challenge says which organisation types it wants
         bonus = np.array([[ranker.preferred_type_bonus if type_fit(n) else 0.0] for n in found.nums])
         contributions, names = np.hstack([contributions, bonus]), names + ["type_fit"]
     logits = model.intercept + contributions.sum(axis=1)
-    scores = sigmoid(logits)
+    scores = sigmoid(calibration.logits(logits))
+    contributions = contributions * calibration.slope  # shares of the calibrated log-odds, as the score reads them
     order = np.lexsort((np.array(found.nums), -logits))[:k]  # ties broken by num: deterministic
     out = []
     for i in order:

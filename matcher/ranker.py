@@ -1,17 +1,20 @@
 """The learned ranker: a logistic regression over ranking signals, shipped as a small JSON artefact.
 
-``score = sigmoid(intercept + sum(coef * standardised feature))``: the model's estimate, on its training
-data, that the organisation is one a funded consortium for that challenge would contain. It lies in [0, 1]
-and is monotone with the rank (matches are sorted by it). The artefact holds two models: ``full`` (text,
+``logit = intercept + sum(coef * standardised feature)`` orders the candidates. The score a caller reads is
+``sigmoid(slope * logit + offset)``: the model's estimate that the organisation is one a funded consortium
+for that challenge would contain, recalibrated on future-like queries (``calibration`` in the artefact; an
+identity when absent, ``python -m matcher evaluate --calibrate`` fits it). It lies in [0, 1] and is
+monotone with the rank (the slope must be positive). The artefact holds two models: ``full`` (text,
 track record and co-partnership signals) and ``text`` (text signals only), used when the candidates have
 no track record at all. How it was trained: ``matcher/ranker_model/MODEL_CARD.md``; the script is
 ``matcher/training.py``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +79,36 @@ class LinearModel:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """An affine map of a model's logit onto future-like data: ``score = sigmoid(slope * logit + offset)``."""
+
+    slope: float = 1.0
+    offset: float = 0.0
+
+    def __post_init__(self):
+        if not (math.isfinite(self.slope) and math.isfinite(self.offset)) or self.slope <= 0:
+            raise ValueError("ranker calibration: slope must be a positive number (it must keep the rank order)")
+
+    def logits(self, raw: np.ndarray) -> np.ndarray:
+        return self.slope * raw + self.offset
+
+    def then(self, other: "Calibration") -> "Calibration":
+        """This map followed by ``other`` (a refit on top of the calibrated logits)."""
+        return Calibration(other.slope * self.slope, other.slope * self.offset + other.offset)
+
+
+IDENTITY = Calibration()
+
+
+def artefact_version(payload: dict, date: str) -> str:
+    """``ranker-<date>-<hash of what sets the scores>``: the models and their calibration."""
+    key = [payload["models"]["full"], payload["models"]["text"]]
+    if payload.get("calibration"):
+        key.append({name: {"slope": c["slope"], "offset": c["offset"]} for name, c in sorted(payload["calibration"].items())})
+    return f"ranker-{date}-" + hashlib.sha256(json.dumps(key).encode()).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
 class Ranker:
     version: str
     full: LinearModel
@@ -83,6 +116,10 @@ class Ranker:
     preferred_type_bonus: float  # added to the logit when the challenge prefers the organisation's type
     depth: int  # candidates taken from each retriever
     seeds: int  # strongest text matches whose partners become candidates too
+    calibration: dict[str, Calibration] = field(default_factory=dict)  # model name -> its score calibration
+
+    def calibration_of(self, model_name: str) -> Calibration:
+        return self.calibration.get(model_name, IDENTITY)
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_PATH) -> "Ranker":
@@ -94,7 +131,15 @@ class Ranker:
             preferred_type_bonus=float(data.get("preferred_type_bonus", 0.0)),
             depth=int(data.get("depth", 200)),
             seeds=int(data.get("seeds", 20)),
+            calibration=_calibrations(data.get("calibration") or {}),
         )
+
+
+def _calibrations(data: dict) -> dict[str, Calibration]:
+    unknown = set(data) - {"full", "text"}
+    if unknown:
+        raise ValueError(f"ranker calibration for unknown models: {sorted(unknown)}")
+    return {name: Calibration(float(c["slope"]), float(c["offset"])) for name, c in data.items()}
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import gzip
-import hashlib
 import json
 import random
 import sys
@@ -26,7 +25,7 @@ from matcher.encoder import matrix_from_bytes
 from matcher.evaluation import ndcg_at, open_pool_engine
 from matcher.hybrid import Corpus, gather
 from matcher.index import Filter
-from matcher.ranker import FEATURES, TEXT_FEATURES, DEFAULT_PATH, LinearModel
+from matcher.ranker import FEATURES, TEXT_FEATURES, DEFAULT_PATH, LinearModel, artefact_version
 from matcher.text import entity_text, query_title
 from models.enums import EntityKind
 from models.store import StoredVector
@@ -253,8 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         },
     }
     payload = {
-        "version": "ranker-" + dt.date.today().isoformat() + "-" + hashlib.sha256(
-            json.dumps([full.to_json(), text.to_json()]).encode()).hexdigest()[:8],
+        "version": "",
         "trained_on": f"Horizon Europe call topics {TRAIN_YEARS[0]}-{TRAIN_YEARS[-1]}, leave-one-topic-out against {pool.name}",
         "models": {"full": full.to_json(), "text": text.to_json()},
         "preferred_type_bonus": args.preferred_type_bonus,
@@ -262,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "training": report,
     }
+    # A new model has no calibration yet: refit it with `python -m matcher evaluate --calibrate`.
+    payload["version"] = artefact_version(payload, dt.date.today().isoformat())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from matcher.evaluation import metrics, ndcg_at, sample_pool
+from matcher.ranker import DEFAULT_PATH
 from matcher.training import without_topic
 from tests.conftest import CORDIS, ROOT
 
@@ -43,22 +44,38 @@ def test_evaluate_command_prints_the_product_beside_every_baseline(tmp_path):
     pool, queries = CORDIS / "bench" / "pool.jsonl.gz", CORDIS / "bench" / "dev_queries.jsonl.gz"
     if not pool.exists():
         pytest.skip(f"the CORDIS benchmark data is not at {pool}")
-    env = {**os.environ, "MATCHER_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"}
+    artefact = tmp_path / "ranker.json"  # --calibrate below writes into it, not into the shipped one
+    artefact.write_text(DEFAULT_PATH.read_text())
+    env = {**os.environ, "MATCHER_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1", "MATCHER_RANKER": str(artefact)}
     cmd = [sys.executable, "-m", "matcher", "-q", "evaluate", "--pool", str(pool), "--queries", str(queries),
-           "--limit", "2", "--pool-sample", "60", "--out", str(tmp_path / "result.json")]
+           "--limit", "4", "--pool-sample", "100", "--out", str(tmp_path / "result.json")]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     for label in ("popularity", "TF-IDF", "BM25", "dense, flat inner product", "hybrid: RRF", "product: hybrid + learned ranker",
                   "Filtered to SMEs and startups", "Calibration"):
         assert label in first.stdout
-    assert "importing 60 organisations" in first.stderr and "embedding 2 queries" in first.stderr
+    assert "importing 100 organisations" in first.stderr and "embedding 4 queries" in first.stderr
     result = json.loads((tmp_path / "result.json").read_text())
     assert set(result["rankers"]) == {"popularity", "tfidf", "bm25", "dense", "hybrid_rrf", "product"}
-    assert result["queries"] == 2 and result["pool"] == 60
+    assert result["queries"] == 4 and result["pool"] == 100
     for row in result["rankers"].values():
         assert all(0.0 <= row[key] <= 1.0 for key in ("nDCG@10", "R@10", "R@50", "MRR", "coverage@10"))
-    # A rerun finds the pool and the query embeddings cached: nothing is imported or embedded again.
-    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    # A rerun finds the pool and the query embeddings cached: nothing is imported or embedded again. With
+    # --calibrate it refits the score calibration on its top 50 per query, reports it held out, and writes it.
+    second = subprocess.run(cmd + ["--calibrate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
     assert "importing" not in second.stderr and "embedding" not in second.stderr
     assert json.loads((tmp_path / "result.json").read_text())["rankers"] == result["rankers"]
+    assert "Calibration refit (full model, 200 matches)" in second.stdout and "Held out (2 folds by query)" in second.stdout
+    written = json.loads(artefact.read_text())
+    refit = json.loads((tmp_path / "result.json").read_text())["calibration_refit"]
+    assert written["version"] == refit["version"] != result["ranker"] and written["models"] == json.loads(DEFAULT_PATH.read_text())["models"]
+    shipped = json.loads(DEFAULT_PATH.read_text()).get("calibration", {}).get("full", {"slope": 1.0, "offset": 0.0})
+    assert written["calibration"]["full"]["slope"] == pytest.approx(shipped["slope"] * refit["slope"], abs=1e-5)
+    assert "top 50 of 4 queries, 100 organisations" in written["calibration"]["full"]["fitted_on"]
+    # Ranked with the new calibration: other scores, the same order, so the same figures, under the new version.
+    third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr
+    after = json.loads((tmp_path / "result.json").read_text())
+    assert after["ranker"] == refit["version"] and after["rankers"] == result["rankers"]
+    assert after["calibration"] != result["calibration"]

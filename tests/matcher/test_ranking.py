@@ -1,12 +1,15 @@
 """Hybrid retrieval and the learned ranker: BM25, track records, the co-partnership graph, scores, explanations."""
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from matcher.engine import Engine
+from matcher.hybrid import rank
+from matcher.index import Filter
 from matcher.lexical import LexicalIndex
-from matcher.ranker import DEFAULT_PATH, FEATURES, Ranker
+from matcher.ranker import DEFAULT_PATH, FEATURES, Calibration, Ranker, sigmoid
 from matcher.track_record import TrackRecords, record_of
 from models.enums import EntityKind
 from models.schemas import MatchRequest
@@ -68,6 +71,14 @@ def test_the_shipped_ranker_loads_and_a_broken_one_is_refused(tmp_path):
     bad.write_text(json.dumps(data))
     with pytest.raises(ValueError, match="unknown features"):
         Ranker.load(bad)
+    # A calibration that would reverse the order, or names a model the artefact lacks, is refused too.
+    for calibration, message in (({"full": {"slope": -0.5, "offset": 0.0}}, "slope must be a positive"),
+                                 ({"fancy": {"slope": 1.0, "offset": 0.0}}, "unknown models")):
+        data = json.loads(DEFAULT_PATH.read_text())
+        data["calibration"] = calibration
+        bad.write_text(json.dumps(data))
+        with pytest.raises(ValueError, match=message):
+            Ranker.load(bad)
 
 
 @pytest.fixture
@@ -98,6 +109,21 @@ def test_scores_are_calibrated_probabilities_in_rank_order_with_signal_explanati
     assert list(why["signals"].values()) == sorted(why["signals"].values(), reverse=True)
     assert why["related_projects"][0]["title"] == "Hydrogen for harbour cranes"
     assert why["summary"].startswith(("Very strong", "Strong", "Good", "Possible", "Weak"))
+
+
+def test_a_calibration_rescales_the_scores_and_their_shares_and_keeps_the_order(ecosystem):
+    text = "hydrogen electrolysers for port cranes"
+    vector, corpus = ecosystem.encoder.encode([text])[0], ecosystem.corpus(ORG)
+    raw = rank(corpus, vector, text, Filter(), 8, dataclasses.replace(ecosystem.ranker, calibration={}))
+    calibration = Calibration(0.5, -1.0)
+    calibrated = rank(corpus, vector, text, Filter(), 8,
+                      dataclasses.replace(ecosystem.ranker, calibration={"full": calibration}))
+    assert len(raw) == 8 and [r.num for r in calibrated] == [r.num for r in raw]
+    for before, after in zip(raw, calibrated):
+        raw_logit = np.log(before.score / (1 - before.score))
+        assert after.score == pytest.approx(float(sigmoid(np.array(0.5 * raw_logit - 1.0))), rel=1e-6)
+        assert after.contributions == pytest.approx({f: 0.5 * c for f, c in before.contributions.items()})
+    assert calibrated[0].score < raw[0].score
 
 
 def test_a_partner_of_strong_matches_is_a_candidate_and_says_whom_it_worked_with(ecosystem):
