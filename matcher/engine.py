@@ -612,7 +612,8 @@ class Engine:
             signals = explain.signals(r.contributions)
             out[r.num] = {
                 "summary": explain.summary(r.score, signals=signals, shared=shared, sectors=sectors, offers=offers,
-                                           type_fit=type_fit, projects=projects, worked_with=worked_with),
+                                           type_fit=type_fit, projects=projects, worked_with=worked_with,
+                                           has_past_projects=bool(doc.get("past_projects"))),
                 "signals": signals,
                 "closest_sentence": closest[0] if closest else None,
                 "closest_sentence_similarity": round(closest[1], 4) if closest else None,

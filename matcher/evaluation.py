@@ -68,6 +68,11 @@ def query_text(query: dict) -> str:
     return f"{query['title'].strip().rstrip('.')}.\n{query['description'].strip()}"
 
 
+def without_track_record(doc: dict) -> dict:
+    """The profile without its track record (past projects and their count): its text is unchanged."""
+    return {k: v for k, v in doc.items() if k not in ("past_projects", "n_past_projects")}
+
+
 def sample_pool(pool: list[dict], queries: list[dict], size: int, seed: int = 7) -> list[dict]:
     """The queries' relevant organisations plus others drawn at random, ``size`` in all (for quick runs)."""
     wanted = {r for q in queries for r in q["relevant"]}
@@ -78,9 +83,10 @@ def sample_pool(pool: list[dict], queries: list[dict], size: int, seed: int = 7)
 
 
 def open_pool_engine(pool_path: Path, pool: list[dict] | None = None, settings: Settings | None = None,
-                     progress: bool = True):
+                     progress: bool = True, variant: str = ""):
     """An engine over a store holding exactly the pool: the whole file, or ``pool`` (a sample of it, stored apart);
-    imported (and embedded) only when the pool changed."""
+    imported (and embedded) only when the pool changed. ``variant`` (e.g. "text-only", for a pool changed as a
+    whole) goes into the store's name."""
     from matcher.engine import Engine
     from matcher.records import import_file
 
@@ -89,6 +95,8 @@ def open_pool_engine(pool_path: Path, pool: list[dict] | None = None, settings: 
     pool = pool if sample else read_jsonl(pool_path)
     digest = hashlib.sha256("\n".join(json.dumps(p, sort_keys=True) for p in pool).encode()).hexdigest()
     name = Path(pool_path).name.split(".")[0]
+    if variant:
+        name = f"{name}-{variant}"
     data_dir = settings.data_dir / "eval" / (f"{name}-{digest[:10]}" if sample else name)
     eval_settings = dataclasses.replace(settings, data_dir=data_dir, db_url=f"sqlite:///{data_dir / 'matcher.db'}")
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -310,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-sample", type=int, default=None,
                         help="a pool of N: the queries' relevant organisations plus random others (quick runs)")
     parser.add_argument("--out", default=None, help="also write the figures as JSON here")
+    parser.add_argument("--text-only", action="store_true",
+                        help="drop every organisation's track record (past_projects, n_past_projects) first: the product "
+                             "then ranks with its text model, as for a store without track records")
     parser.add_argument("--calibrate", action="store_true",
                         help="refit the score calibration on this run's top 50 per query and write it into the ranker "
                              "artefact (MATCHER_RANKER, else the shipped one); the ranking is unchanged")
@@ -317,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     queries = read_jsonl(Path(args.queries))[: args.limit]
     pool = sample_pool(read_jsonl(Path(args.pool)), queries, args.pool_sample) if args.pool_sample else None
-    engine = open_pool_engine(Path(args.pool), pool, progress=not args.quiet)
+    if args.text_only:
+        pool = [without_track_record(p) for p in (pool if pool is not None else read_jsonl(Path(args.pool)))]
+    engine = open_pool_engine(Path(args.pool), pool, progress=not args.quiet,
+                              variant="text-only" if args.text_only else "")
     matches: list[tuple[int, float, bool]] = []
     result = evaluate(engine, queries, progress=not args.quiet, matches=matches)
     print(f"{result['queries']} queries, pool of {result['pool']} organisations, model {result['model']}, "
@@ -325,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(result))
     if args.calibrate:
         try:
-            result["calibration_refit"] = _refit_calibration(engine, result, matches, Path(args.queries).name)
+            label = Path(args.queries).name + (" with every track record dropped" if args.text_only else "")
+            result["calibration_refit"] = _refit_calibration(engine, result, matches, label)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

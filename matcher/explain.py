@@ -98,6 +98,7 @@ _SIGNAL_WORDS = {
     "similar_past_work": "past work close to the query",
     "type_fit": "a partner type the challenge prefers",
 }
+_PROFILE_PAST_WORK = "several passages of its text close to the query"
 
 
 def signals(contributions: dict[str, float]) -> dict[str, float]:
@@ -155,8 +156,9 @@ def score_words(score: float) -> str:
 
 
 def summary(score: float, *, signals: dict[str, float], shared: list[str], sectors: list[str], offers: list[str],
-            type_fit: str | None, projects: list[dict], worked_with: list[str]) -> str:
-    """One line: the score in words, then the reasons that ranked it, strongest first."""
+            type_fit: str | None, projects: list[dict], worked_with: list[str], has_past_projects: bool = True) -> str:
+    """One line: the score in words, then the reasons that ranked it, strongest first. Without past projects,
+    similar past work is read from the profile's own sentences, and the summary says so."""
     parts = [f"{score_words(score).capitalize()} ({score:.2f})"]
     example = f"past project '{projects[0]['title']}'" if projects else None
     for name, weight in signals.items():
@@ -171,6 +173,8 @@ def summary(score: float, *, signals: dict[str, float], shared: list[str], secto
             parts.append("has worked with " + ", ".join(worked_with[:2]))
         elif name == "type_fit" and type_fit:
             parts.append(type_fit)
+        elif name == "similar_past_work" and not has_past_projects:
+            parts.append(_PROFILE_PAST_WORK)
         elif name in _SIGNAL_WORDS:
             parts.append(_SIGNAL_WORDS[name])
     if offers:

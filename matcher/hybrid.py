@@ -131,21 +131,22 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     sentence_sims = {n: sentences[n] @ query_vector for n in candidates if len(sentences.get(n, ()))}
     X[:, 2] = [float(sentence_sims[n].max()) if n in sentence_sims else dense_of[n] for n in candidates]
     work_sims = sentence_sims if title_vector is None else {n: sentences[n] @ work_vector for n in sentence_sims}
+    # A profile without stored sentence vectors (an older store) counts its whole vector as its one sentence.
+    work_sims = {**{n: np.array([index.vector(n) @ work_vector]) for n in candidates if n not in work_sims}, **work_sims}
     X[:, 3] = relative(np.array([bm25_of.get(n, 0.0) for n in candidates]))
     if use_records:
         X[:, 4:8] = [records.features(n) for n in candidates]
         X[:, 8] = [log1p(linked.get(n, 0.0)) for n in candidates]
-    if mass_of:
-        # The profile's own sentences count as past work too (they often name projects and topics); they are
-        # read for the candidates only, on the same kernel scale as the titles.
-        best = max([best_title] + [float(sims.max()) for sims in work_sims.values()])
-        mass = np.array([
-            mass_of.get(n, 0.0) * np.exp((best_title - best) / TAU)
-            + (float(np.exp((work_sims[n] - best) / TAU).sum()) if n in work_sims else 0.0)
-            for n in candidates
-        ])
-        X[:, 9] = np.log(mass + FLOOR)
-        X[:, 10] = X[:, 9] - X[:, 9].max()
+    # The profile's own sentences count as past work too (they often name projects and topics); they are read
+    # for the candidates only, on the same kernel scale as the titles. Without any stored past project titles
+    # (no track records, or challenge targets), the sentences alone are the past work.
+    best = max(([best_title] if mass_of else []) + [float(sims.max()) for sims in work_sims.values()])
+    mass = np.array([
+        mass_of.get(n, 0.0) * np.exp((best_title - best) / TAU) + float(np.exp((work_sims[n] - best) / TAU).sum())
+        for n in candidates
+    ])
+    X[:, 9] = np.log(mass + FLOOR)
+    X[:, 10] = X[:, 9] - X[:, 9].max()
     return Candidates(candidates, X, seeds, linked, use_records)
 
 

@@ -36,7 +36,8 @@ FEATURES = (
     "past_work",  # log of the kernel mass of the query's title over past project titles and profile sentences (past_work.py)
     "past_work_gap",  # past_work minus the best past_work among this query's candidates (<= 0)
 )
-TEXT_FEATURES = FEATURES[:4]
+# The signals that need no track record: what the text model (no past projects stored, or challenge targets) reads.
+TEXT_FEATURES = ("dense", "dense_gap", "best_sentence", "bm25", "past_work", "past_work_gap")
 
 
 @dataclass(frozen=True)

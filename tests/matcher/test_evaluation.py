@@ -72,10 +72,17 @@ def test_evaluate_command_prints_the_product_beside_every_baseline(tmp_path):
     assert written["version"] == refit["version"] != result["ranker"] and written["models"] == json.loads(DEFAULT_PATH.read_text())["models"]
     shipped = json.loads(DEFAULT_PATH.read_text()).get("calibration", {}).get("full", {"slope": 1.0, "offset": 0.0})
     assert written["calibration"]["full"]["slope"] == pytest.approx(shipped["slope"] * refit["slope"], abs=1e-5)
-    assert "top 50 of 4 queries, 100 organisations" in written["calibration"]["full"]["fitted_on"]
+    assert written["calibration"]["full"]["fitted_on"].endswith(": top 50 of 4 queries, 100 organisations")
     # Ranked with the new calibration: other scores, the same order, so the same figures, under the new version.
     third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr
     after = json.loads((tmp_path / "result.json").read_text())
     assert after["ranker"] == refit["version"] and after["rankers"] == result["rankers"]
     assert after["calibration"] != result["calibration"]
+    # --text-only drops every track record first (a store of its own): the text model ranks, beside the baselines.
+    text_only = subprocess.run(cmd + ["--text-only"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert text_only.returncode == 0, text_only.stderr
+    assert "importing 100 organisations (0 stored already" in text_only.stderr
+    plain = json.loads((tmp_path / "result.json").read_text())
+    assert result["ranker_model"] == "full" and plain["ranker_model"] == "text" and plain["pool"] == 100
+    assert plain["rankers"]["dense"] == result["rankers"]["dense"] and plain["rankers"]["product"] != result["rankers"]["product"]

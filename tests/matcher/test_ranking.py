@@ -9,7 +9,7 @@ from matcher.engine import Engine
 from matcher.hybrid import rank
 from matcher.index import Filter
 from matcher.lexical import LexicalIndex
-from matcher.ranker import DEFAULT_PATH, FEATURES, Calibration, Ranker, sigmoid
+from matcher.ranker import DEFAULT_PATH, FEATURES, TEXT_FEATURES, Calibration, Ranker, sigmoid
 from matcher.track_record import TrackRecords, record_of
 from models.enums import EntityKind
 from models.schemas import MatchRequest
@@ -62,7 +62,8 @@ def test_track_records_count_projects_and_link_partners_both_ways():
 
 def test_the_shipped_ranker_loads_and_a_broken_one_is_refused(tmp_path):
     ranker = Ranker.load(DEFAULT_PATH)
-    assert set(ranker.full.features) <= set(FEATURES) and ranker.text.features == FEATURES[:4]
+    assert set(ranker.full.features) <= set(FEATURES) and ranker.text.features == TEXT_FEATURES
+    assert not {"projects", "coordinated", "partners", "years_since", "linked_seeds"} & set(TEXT_FEATURES)
     weight = dict(zip(ranker.full.features, ranker.full.coef))
     assert weight["best_sentence"] > 0 and weight["dense_gap"] > 0 and weight["projects"] > 0 and weight["linked_seeds"] > 0
     data = json.loads(DEFAULT_PATH.read_text())
@@ -141,7 +142,12 @@ def test_without_any_track_record_the_text_model_ranks(engine):
     assert not engine.records.any_known()
     result = engine.match(req(query={"text": "leak detection for water pipes"}, k=3))
     assert ids(result)[0] == "aquasense"
-    assert "track_record" not in result["matches"][0]["explanation"]["signals"]
+    signals = result["matches"][0]["explanation"]["signals"]
+    assert "track_record" not in signals and "worked_with_matches" not in signals
+    # Without past project titles, the profile's own sentences are its past work, and the summary says so.
+    assert signals["similar_past_work"] > 0
+    assert "several passages of its text close to the query" in result["matches"][0]["explanation"]["summary"]
+    assert "past work" not in result["matches"][0]["explanation"]["summary"]
 
 
 def test_another_process_sees_text_and_track_record_changes(ecosystem, settings, encoder):
