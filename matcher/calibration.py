@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from matcher.ranker import Calibration, artefact_version
+from matcher.ranker import IDENTITY, Calibration, artefact_version, parse_calibrations, sigmoid
 
 MIN_MATCHES = 100  # fewer matches than this (in each half, when measured held out) fit nothing reliable
 _EPS = 1e-4  # scores are served rounded to 4 decimals
@@ -51,7 +51,7 @@ def held_out(logits: np.ndarray, relevant: np.ndarray, groups: np.ndarray, seed:
     out = np.zeros(len(groups))
     for test in (fold, ~fold):
         calibration = fit(logits[~test], relevant[~test])
-        out[test] = 1.0 / (1.0 + np.exp(-calibration.logits(logits[test])))
+        out[test] = sigmoid(calibration.logits(logits[test]))
     return out
 
 
@@ -59,11 +59,11 @@ def write(path: Path, model_name: str, refit: Calibration, fitted_on: str) -> di
     """Compose ``refit`` with the artefact's calibration of ``model_name``, store it, renew the version."""
     payload = json.loads(path.read_text())
     calibrations = payload.setdefault("calibration", {})
-    current = calibrations.get(model_name) or {}
-    combined = Calibration(float(current.get("slope", 1.0)), float(current.get("offset", 0.0))).then(refit)
+    combined = parse_calibrations(calibrations).get(model_name, IDENTITY).then(refit)
+    today = dt.date.today().isoformat()
     calibrations[model_name] = {"slope": round(combined.slope, 6), "offset": round(combined.offset, 6),
-                                "fitted_on": fitted_on, "date": dt.date.today().isoformat()}
-    payload["version"] = artefact_version(payload, dt.date.today().isoformat())
+                                "fitted_on": fitted_on, "date": today}
+    payload["version"] = artefact_version(payload, today)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)

@@ -199,7 +199,7 @@ LABELS = {
 
 def evaluate(engine, queries: list[dict], progress: bool = True, matches: list[tuple[int, float, bool]] | None = None) -> dict:
     """The product and every baseline on ``queries``. ``matches``, when given, receives the product's top 50 per
-    query as (query number, score, relevant), which ``--calibrate`` fits the score calibration on."""
+    query as (query number, score, relevant): the calibration table's data, which ``--calibrate`` fits on."""
     from tqdm import tqdm
 
     texts = [query_text(q) for q in queries]
@@ -211,7 +211,7 @@ def evaluate(engine, queries: list[dict], progress: bool = True, matches: list[t
     small: dict[str, list[dict]] = {"dense": [], "product": []}
     top10: dict[str, set[str]] = {name: set() for name in per}
     took: dict[str, list[float]] = {"product": [], "dense": []}
-    calibration: list[tuple[float, bool]] = []
+    matches = [] if matches is None else matches
     skipped = 0
     for number, (query, text) in enumerate(tqdm(list(zip(queries, texts)), desc="ranking", disable=not progress)):
         relevant = set(query["relevant"]) & stored
@@ -233,9 +233,7 @@ def evaluate(engine, queries: list[dict], progress: bool = True, matches: list[t
         ranked = [m["id"] for m in result["matches"]]
         per["product"].append(metrics(ranked, relevant))
         top10["product"].update(ranked[:10])
-        calibration.extend((m["score"], m["id"] in relevant) for m in result["matches"][:50])
-        if matches is not None:
-            matches.extend((number, m["score"], m["id"] in relevant) for m in result["matches"][:50])
+        matches.extend((number, m["score"], m["id"] in relevant) for m in result["matches"][:50])
         # Small actors only: the same query filtered to SMEs and startups.
         small_relevant = {r for r in relevant if type_of[r] in SMALL_ACTORS}
         if small_relevant:
@@ -260,19 +258,18 @@ def evaluate(engine, queries: list[dict], progress: bool = True, matches: list[t
         return {key: round(float(np.mean([r[key] for r in rows])), 4) for key in rows[0]} if rows else {}
 
     n_pool = len(stored)
-    records = engine.corpus(ORGS).records  # the full model ranks when track records are known, else the text one
     return {
         "queries": len(queries) - skipped,
         "pool": n_pool,
         "model": engine.encoder.name,
         "ranker": engine.ranker.version,
-        "ranker_model": "full" if records is not None and records.any_known() else "text",
+        "ranker_model": "full" if engine.records.any_known() else "text",  # as hybrid.rank chooses
         "rankers": {name: {**means(rows), "coverage@10": round(len(top10[name]) / n_pool, 4)} for name, rows in per.items()},
         "sme_startup_filtered": {name: {**means(rows), "queries": len(rows)} for name, rows in small.items()},
         "latency_ms_p50": {name: round(float(np.median(v)), 2) for name, v in took.items() if v},
         "end_to_end_ms_p50": {name: round(float(np.median(v)), 2) for name, v in end_to_end.items() if v},
         "torch_threads": __import__("torch").get_num_threads(),
-        "calibration": _calibration(calibration),
+        "calibration": _calibration([(score, hit) for _, score, hit in matches]),
     }
 
 

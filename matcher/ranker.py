@@ -132,11 +132,12 @@ class Ranker:
             preferred_type_bonus=float(data.get("preferred_type_bonus", 0.0)),
             depth=int(data.get("depth", 200)),
             seeds=int(data.get("seeds", 20)),
-            calibration=_calibrations(data.get("calibration") or {}),
+            calibration=parse_calibrations(data.get("calibration") or {}),
         )
 
 
-def _calibrations(data: dict) -> dict[str, Calibration]:
+def parse_calibrations(data: dict) -> dict[str, Calibration]:
+    """The artefact's ``calibration`` block, checked: model name -> its calibration."""
     unknown = set(data) - {"full", "text"}
     if unknown:
         raise ValueError(f"ranker calibration for unknown models: {sorted(unknown)}")
