@@ -67,7 +67,12 @@ class Candidates:
     X: np.ndarray  # one row per candidate, one column per ranker.FEATURES entry
     seeds: list[int]
     linked: dict[int, float]
-    use_records: bool  # whether the track-record signals are known (else the text-only model ranks)
+    model_name: str  # the ranker model that ranks them (``ranking_model``)
+
+
+def ranking_model(records) -> str:
+    """``full`` when some stored organisation has a known track record (its signals are read), else ``text``."""
+    return "full" if records is not None and records.any_known() else "text"
 
 
 def past_work_vector(query_vector: np.ndarray, title_vector: np.ndarray | None) -> np.ndarray:
@@ -106,7 +111,8 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     mass_of = dict(zip(work_nums.tolist(), work_mass.tolist())) if len(work_nums) else {}
 
     records = corpus.records
-    use_records = records is not None and records.any_known()
+    model_name = ranking_model(records)
+    use_records = model_name == "full"
     linked: dict[int, float] = {}
     if use_records:
         linked = records.linked_to(seeds)
@@ -118,7 +124,7 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     candidates = [n for n in dict.fromkeys([n for n, _ in dense_hits] + lexical_top + work_top + by_links) if n in index.meta]
     X = np.zeros((len(candidates), len(FEATURES)))
     if not candidates:
-        return Candidates(candidates, X, seeds, linked, use_records)
+        return Candidates(candidates, X, seeds, linked, model_name)
     dense_of = dict(dense_hits)
     missing = [n for n in candidates if n not in dense_of]
     if missing:
@@ -147,7 +153,7 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     ])
     X[:, 9] = np.log(mass + FLOOR)
     X[:, 10] = X[:, 9] - X[:, 9].max()
-    return Candidates(candidates, X, seeds, linked, use_records)
+    return Candidates(candidates, X, seeds, linked, model_name)
 
 
 def rank(
@@ -164,8 +170,7 @@ def rank(
     found = gather(corpus, query_vector, query_text, flt, max(ranker.depth, k), ranker.seeds, title_vector)
     if not found.nums:
         return []
-    model_name = "full" if found.use_records else "text"
-    model, calibration = getattr(ranker, model_name), ranker.calibration_of(model_name)
+    model, calibration = getattr(ranker, found.model_name), ranker.calibration_of(found.model_name)
     contributions = model.contributions(found.X)
     names = list(model.features)
     if type_fit is not None:  # the challenge says which organisation types it wants
