@@ -2,17 +2,20 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt pyproject.toml | cksum | cut -d' ' -f1)
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install browser run test test-postgres bench bench-consortium bench-schedule bench-load clean
+.PHONY: install browser run test test-fast test-postgres bench bench-consortium bench-schedule bench-load clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+# The pinned requirements, then the project itself in editable mode (pyproject.toml), so that models, matcher
+# and service import from the checkout in every script run with the venv's python (bench/ included).
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements-dev.txt
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -34,6 +37,10 @@ browser:
 test: install browser
 	$(BIN)/python -m pytest -q tests
 
+## The tests not marked slow (no gunicorn, kill -9, CLI processes, Chromium, Ray, fuzzing or CORDIS data).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
 ## The storage, engine and API tests again on a throwaway local PostgreSQL server (installs the Debian package
 ## postgresql when missing); pytest options pass through ARGS, e.g. make test-postgres ARGS=-x
 test-postgres: install browser
@@ -43,7 +50,7 @@ test-postgres: install browser
 bench: install
 	$(BIN)/python bench/latency.py
 
-## Proposed consortia against real Horizon Europe consortia; a 200-participant brokerage event (issue 4).
+## Proposed consortia against real Horizon Europe consortia; a 200-participant brokerage event.
 bench-consortium: install
 	$(BIN)/python bench/consortium.py
 
@@ -51,9 +58,9 @@ bench-schedule: install
 	$(BIN)/python bench/schedule.py
 
 ## Load: locust against gunicorn (2 workers, loopback) at 10k organisations with a concurrent writer, 60 s per
-## scenario (issue 6). The store is imported once into var/bench-load/ and reused.
+## scenario. The store is imported once into var/bench-load/ and reused.
 bench-load: install
 	$(BIN)/python bench/load.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache *.egg-info

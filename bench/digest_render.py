@@ -51,7 +51,6 @@ def render_to_png(pages: dict[str, str], out: Path, width: int = 390) -> dict[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    sys.path.insert(0, str(ROOT))
     from matcher import digest
     from matcher.engine import Engine
     from matcher.settings import Settings

@@ -43,14 +43,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from latency import (  # noqa: E402
-    DATA, free_port, git_revision, host_facts, load_pool, load_queries, percentile, source_fingerprint, tail,
+    DATA,
+    free_port,
+    git_revision,
+    host_facts,
+    load_pool,
+    load_queries,
+    percentile,
+    source_fingerprint,
+    tail,
     wait_for_gunicorn,
 )
 

@@ -23,12 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
-from pydantic import ValidationError
-
 from matcher.records import RecordError
 from matcher.text import entity_text
 from models.enums import EntityKind
-from models.schemas import InvalidInput, MatchRequest, problems, validate_entity
+from models.schemas import InvalidInput, MatchRequest, parse, validate_entity
 from models.store import NotFoundError
 
 COLUMNS = ["query_line", "query_id", "rank", "match_id", "match_name", "match_type", "match_country", "score", "explanation"]
@@ -91,12 +89,9 @@ def plan(records: Iterable[tuple[int, dict | RecordError]], store, *, target: st
                 exclude.append(query_id)  # a profile is never matched with its stored self
             body = {"query": query, "target": target, "k": k, "explain": explain,
                     "filters": {**(filters or {}), "exclude_ids": exclude}}
-            request = MatchRequest.model_validate(body)
+            request = parse(MatchRequest, body)
         except InvalidInput as exc:
             result.errors.extend(RecordError(line, f"{d['field']}: {d['problem']}") for d in exc.details)
-            continue
-        except ValidationError as exc:
-            result.errors.extend(RecordError(line, f"{p['field']}: {p['problem']}") for p in problems(exc))
             continue
         if request.query.challenge_id:
             stored_ids[EntityKind.challenges].append((line, request.query.challenge_id))

@@ -15,10 +15,14 @@
     python -m matcher schedule --participants FILE --slots FILE --out DIR   brokerage-event meetings
     python -m matcher keys create --tenant T --scopes read,match   a new API key (shown once)
     python -m matcher keys revoke KEY_ID | keys list [--tenant T]
+    python -m matcher settings [--markdown]     the settings in effect (or the README's table of them)
 
 Commands that read or write a tenant's data take --tenant (default MATCHER_DEFAULT_TENANT); reindex, status
 and digest without --tenant cover every tenant. Settings come from the MATCHER_* environment variables (see
 the README).
+
+A command that fails says why on stderr and exits with 2 (bad input: arguments, a file) or 1 (no such entity
+or key).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import logging
 import sys
 
 from models.enums import EntityKind, OrgType
+from models.errors import InvalidInput, MatcherError, NotFoundError
 
 
 def _engine(args=None):
@@ -84,6 +89,8 @@ def cmd_init(args) -> int:
               f"http://{engine.settings.host}:{engine.settings.port}/v1/organisations")
     else:
         print(f"MATCHER_AUTH=off: tenant '{engine.tenant}' is served without keys (loopback addresses only)")
+    print(f"web console: http://{engine.settings.host}:{engine.settings.port}/console/"
+          + (" (sign in with an API key)" if engine.settings.auth else ""))
     return 0
 
 
@@ -114,28 +121,23 @@ def demo_key(engine) -> str:
 
 
 def cmd_keys(args) -> int:
-    from models.keys import KeyRequestError, KeyStore
-    from models.store import Store
     from matcher.settings import Settings
+    from models.keys import KeyStore
+    from models.store import Store
 
     settings = Settings.from_env()
     store = Store(settings.db_url)
     store.create_all()
     keys = KeyStore(store)
     if args.keys_command == "create":
-        try:
-            key, record = keys.create(args.tenant, args.scopes, label=args.label, rate_limit=args.rate_limit)
-        except KeyRequestError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        key, record = keys.create(args.tenant, args.scopes, label=args.label, rate_limit=args.rate_limit)
         print(key)
         print(f"key {record['id']} for tenant {record['tenant']} with scopes {','.join(record['scopes'])}: "
               "keep it now, it is not shown again", file=sys.stderr)
         return 0
     if args.keys_command == "revoke":
         if not keys.revoke(args.key_id):
-            print(f"error: no active key with id '{args.key_id}'", file=sys.stderr)
-            return 1
+            raise NotFoundError("active key", args.key_id)
         print(f"revoked key {args.key_id}")
         return 0
     for record in keys.list(args.tenant):
@@ -149,11 +151,7 @@ def cmd_import(args) -> int:
 
     engine = _engine(args)
     kind = EntityKind(args.kind)
-    try:
-        report = import_file(engine, kind, args.file, progress=not args.quiet)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = import_file(engine, kind, args.file, progress=not args.quiet)
     if report.errors:
         for error in report.errors[:200]:
             print(f"{args.file}: {error}", file=sys.stderr)
@@ -166,10 +164,7 @@ def cmd_import(args) -> int:
 
 
 def cmd_match(args) -> int:
-    from pydantic import ValidationError
-
-    from models.schemas import MatchRequest, problems
-    from models.store import NotFoundError
+    from models.schemas import MatchRequest, parse
 
     query = {"text": args.text, "challenge_id": args.challenge_id, "organisation_id": args.organisation_id}
     body = {
@@ -179,18 +174,8 @@ def cmd_match(args) -> int:
         "filters": {"types": args.type or [], "countries": args.country or [], "exclude_ids": args.exclude or []},
         "explain": not args.no_explain,
     }
-    try:
-        request = MatchRequest.model_validate(body)
-    except ValidationError as exc:
-        for p in problems(exc):
-            print(f"error: {p['field']}: {p['problem']}", file=sys.stderr)
-        return 2
-    engine = _engine(args)
-    try:
-        result = engine.match(request)
-    except NotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    request = parse(MatchRequest, body)
+    result = _engine(args).match(request)
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return 0
@@ -236,33 +221,26 @@ def cmd_digest(args) -> int:
     try:
         since = digest.parse_since(args.since) if args.since else None
     except ValueError as exc:
-        print(f"error: --since: {exc}", file=sys.stderr)
-        return 2
+        raise InvalidInput([{"field": "--since", "problem": str(exc)}]) from None
     logging.getLogger("matcher.digest").setLevel(logging.INFO)  # one line per organisation, by id
     engines = [_engine(args)] if args.only else _engines(args)  # --only: one organisation of one tenant
     ok = True
     for engine in engines:
-        try:
-            report = digest.run(engine, since=since, dry_run=args.dry_run, only=args.only)
-        except (LookupError, ValueError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        report = digest.run(engine, since=since, dry_run=args.dry_run, only=args.only)
         print(report.summary() if len(engines) == 1 else f"tenant {engine.tenant}: {report.summary()}")
         ok = ok and report.ok
     return 0 if ok else 1
+
+
 def cmd_batch(args) -> int:
     from matcher.batch import run_batch_file
 
     engine = _engine(args)
     runner = args.runner or engine.settings.batch_runner
     filters = {"types": args.type or [], "countries": args.country or [], "exclude_ids": args.exclude or []}
-    try:
-        report = run_batch_file(engine, args.queries, args.out, target=args.target, k=args.k, filters=filters,
-                                explain=not args.no_explain, runner=runner, actors=args.actors or engine.settings.ray_actors,
-                                restart=args.restart, progress=not args.quiet)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = run_batch_file(engine, args.queries, args.out, target=args.target, k=args.k, filters=filters,
+                            explain=not args.no_explain, runner=runner, actors=args.actors or engine.settings.ray_actors,
+                            restart=args.restart, progress=not args.quiet)
     for error in report.errors:
         print(f"{args.queries}: {error}", file=sys.stderr)
     resumed = f" ({report.resumed} from an earlier run)" if report.resumed else ""
@@ -273,23 +251,12 @@ def cmd_batch(args) -> int:
 
 def cmd_consortium(args) -> int:
     from matcher.consortium import build, parse_request
-    from models.schemas import InvalidInput
-    from models.store import NotFoundError
 
     body = {"size": args.size, "alternatives": args.alternatives,
             "required_types": [[t.strip() for t in group.split(",") if t.strip()] for group in args.require or []],
             "countries": args.country or [], "must_include": args.include or [], "exclude": args.exclude or []}
     body.update({"challenge_id": args.challenge_id} if args.challenge_id else {"text": args.text})
-    engine = _engine(args)
-    try:
-        result = build(engine, parse_request(body))
-    except InvalidInput as exc:
-        for d in exc.details:
-            print(f"error: {d['field']}: {d['problem']}", file=sys.stderr)
-        return 2
-    except NotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    result = build(_engine(args), parse_request(body))
     if args.json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return 0
@@ -307,18 +274,20 @@ def cmd_schedule(args) -> int:
     from matcher.schedule import build_schedule, write_outputs
     from matcher.tables_io import read_table
 
-    engine = _engine(args)
-    try:
-        schedule = build_schedule(engine, list(read_table(args.participants)), list(read_table(args.slots)))
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    schedule = build_schedule(_engine(args), list(read_table(args.participants)), list(read_table(args.slots)))
     summary = write_outputs(schedule, args.out)
     for problem in summary["problems"]:
         print(f"warning: {problem}", file=sys.stderr)
     print(f"{summary['meetings']} meetings for {summary['participants']} participants in {summary['slots']} slots; "
           f"requested meetings placed: {summary['requested_placed']} of {summary['requested_pairs']}; "
           f"mean match score {summary['mean_score']}; written to {args.out}")
+    return 0
+
+
+def cmd_settings(args) -> int:
+    from matcher.settings import Settings, settings_table
+
+    print(settings_table() if args.markdown else json.dumps(Settings.from_env().describe(), indent=2))
     return 0
 
 
@@ -332,6 +301,8 @@ def cmd_worker(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m matcher", description="Partner matching for innovation ecosystems.")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    # input_errors: what else a command reports as bad input (exit 2), e.g. an unreadable or malformed file
+    parser.set_defaults(input_errors=())
     sub = parser.add_subparsers(dest="command", required=True)
     one_tenant = argparse.ArgumentParser(add_help=False)
     one_tenant.add_argument("--tenant", type=_tenant, help="the tenant whose data this reads and writes (default MATCHER_DEFAULT_TENANT)")
@@ -346,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", parents=[one_tenant], help="import organisations or challenges from a JSONL, JSON or CSV file")
     p.add_argument("kind", choices=[k.value for k in EntityKind])
     p.add_argument("file")
-    p.set_defaults(func=cmd_import)
+    p.set_defaults(func=cmd_import, input_errors=(OSError, ValueError))
 
     p = sub.add_parser("match", parents=[one_tenant], help="ranked, explained matches for a text, a challenge or an organisation")
     q = p.add_mutually_exclusive_group(required=True)
@@ -381,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "each organisation's last digest, everything for a first one)")
     p.add_argument("--dry-run", metavar="DIR", help="write one .eml file per digest to DIR; send and record nothing")
     p.add_argument("--only", metavar="ID", help="only this organisation")
-    p.set_defaults(func=cmd_digest)
+    p.set_defaults(func=cmd_digest, input_errors=(LookupError, ValueError))
     p = sub.add_parser("batch", parents=[one_tenant], help="match every query of a CSV, JSONL or XLSX file; resumable")
     p.add_argument("--queries", required=True, help="CSV, JSONL, JSON or XLSX: text, ids or profiles, one per row")
     p.add_argument("--out", required=True, help="CSV, JSONL or XLSX: one row per (query, match)")
@@ -394,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runner", choices=["local", "ray"], help="default MATCHER_BATCH_RUNNER (local)")
     p.add_argument("--actors", type=int, help="Ray matcher actors (default MATCHER_RAY_ACTORS)")
     p.add_argument("--restart", action="store_true", help="ignore the checkpoint of an interrupted run")
-    p.set_defaults(func=cmd_batch)
+    p.set_defaults(func=cmd_batch, input_errors=(OSError, ValueError))
 
     p = sub.add_parser("consortium", parents=[one_tenant], help="alternative consortia for a challenge, under constraints")
     q = p.add_mutually_exclusive_group(required=True)
@@ -414,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--participants", required=True, help="CSV, JSONL or XLSX: id or profile, available, max_meetings, requests, blocked")
     p.add_argument("--slots", required=True, help="CSV, JSONL or XLSX: id, start, end, tables, location")
     p.add_argument("--out", required=True, help="folder for schedule.csv/.xlsx, agendas/, calendars/, summary.json")
-    p.set_defaults(func=cmd_schedule)
+    p.set_defaults(func=cmd_schedule, input_errors=(OSError, ValueError))
 
     p = sub.add_parser("worker", help="run queued batch-match jobs from the store (every tenant's)")
     p.add_argument("--once", action="store_true", help="run the queued jobs, then exit")
@@ -431,7 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("key_id", help="the key's id (the part after mk_) or the whole key")
     k = keys.add_parser("list", help="every key's id, tenant, scopes and state (never the key)")
     k.add_argument("--tenant", help="only this tenant's keys")
-    p.set_defaults(func=cmd_keys)
+    p.set_defaults(func=cmd_keys, input_errors=(ValueError,))  # models.keys.KeyRequestError
+
+    p = sub.add_parser("settings", help="the settings in effect as JSON (secrets masked)")
+    p.add_argument("--markdown", action="store_true", help="the table of every setting (the README's), instead")
+    p.set_defaults(func=cmd_settings)
     return parser
 
 
@@ -448,4 +423,10 @@ def main(argv=None) -> int:
         return __import__(DELEGATED[rest[0]], fromlist=["main"]).main(rest[1:] + quiet)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (MatcherError, *args.input_errors) as exc:
+        error = exc if isinstance(exc, MatcherError) else InvalidInput([], str(exc))
+        for line in error.lines():
+            print(f"error: {line}", file=sys.stderr)
+        return error.exit_code

@@ -11,17 +11,18 @@
    member already chosen. A required type group still unmet when as many seats are left as unmet groups
    restricts the next pick to organisations of those types.
 5. **Alternatives** leave out the members of earlier ones (except the must-include organisations).
-Each member gets a role (from its type) and why: the aspects it covers best in its team.
+Each member gets a role (from its type) and why: the aspects it covers best in its team. The answer lists the
+challenge's aspects (``challenge_aspects``: text and weight) and, per member, how well it covers each of them
+(``aspect_coverage``, in that order): a heat map of aspects x members.
 """
 from __future__ import annotations
 
 import numpy as np
-from pydantic import ValidationError
 
 from matcher.encoder import matrix_from_bytes
 from matcher.text import entity_text, split_sentences
 from models.enums import EntityKind
-from models.schemas import ConsortiumRequest, InvalidInput, MatchRequest, problems
+from models.schemas import ConsortiumRequest, InvalidInput, MatchRequest, parse
 from models.store import NotFoundError
 
 RELEVANCE = 1.5  # chosen on the benchmark (bench/consortium.py): 0.5 found 107 real partners, 1.5 found 120 of 667
@@ -42,12 +43,7 @@ ROLES = {
 
 
 def parse_request(body) -> ConsortiumRequest:
-    if not isinstance(body, dict):
-        raise InvalidInput([{"field": "body", "problem": "must be a JSON object"}])
-    try:
-        return ConsortiumRequest.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidInput(problems(exc)) from None
+    return parse(ConsortiumRequest, body)
 
 
 def _aspects(engine, request: ConsortiumRequest, challenge: dict | None) -> tuple[list[str], np.ndarray]:
@@ -146,7 +142,8 @@ def build(engine, request: ConsortiumRequest) -> dict:
         consortia.append(_describe(request, ids, pool, team, coverage, weights, aspects))
         used.update(ids[r] for r in team)
     return {"challenge": {"id": challenge["id"], "title": challenge["title"]} if challenge else None,
-            "aspects": len(aspects), "candidates": len(ids), "consortia": consortia}
+            "aspects": len(aspects), "candidates": len(ids), "consortia": consortia,
+            "challenge_aspects": [{"text": _short(a), "weight": round(float(w), 4)} for a, w in zip(aspects, weights)]}
 
 
 def _groups_met(request, types: list[str]) -> list[bool]:
@@ -198,7 +195,8 @@ def _describe(request, ids, pool, team, coverage, weights, aspects) -> dict:
         if m["id"] in request.must_include:
             why.append("must be included")
         members.append({"id": m["id"], "name": m["name"], "type": m["type"], "country": m.get("country"),
-                        "score": m["score"], "role": role, "covers": covers, "why": "; ".join(why) + "."})
+                        "score": m["score"], "role": role, "covers": covers, "why": "; ".join(why) + ".",
+                        "aspect_coverage": [round(float(c), 4) for c in team_cov[pos]]})
     return {
         "members": members,
         "coverage": round(covered, 4),

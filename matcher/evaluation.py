@@ -263,7 +263,7 @@ def evaluate(engine, queries: list[dict], progress: bool = True, matches: list[t
         "pool": n_pool,
         "model": engine.encoder.name,
         "ranker": engine.ranker.version,
-        "ranker_model": ranking_model(engine.records),
+        "ranker_model": ranking_model(engine.live.records),
         "rankers": {name: {**means(rows), "coverage@10": round(len(top10[name]) / n_pool, 4)} for name, rows in per.items()},
         "sme_startup_filtered": {name: {**means(rows), "queries": len(rows)} for name, rows in small.items()},
         "latency_ms_p50": {name: round(float(np.median(v)), 2) for name, v in took.items() if v},

@@ -15,6 +15,8 @@ import re
 import numpy as np
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from matcher.features import REGISTRY
+
 _WORD = re.compile(r"[a-zà-öø-ÿ][a-zà-öø-ÿ0-9\-]{2,}")
 # Words so common in profiles that sharing them says nothing.
 _GENERIC = frozenset(
@@ -81,14 +83,11 @@ def article(label: str) -> str:
     return "an" if label[:1].lower() in "aeiou" or label == "SME" else "a"
 
 
-# Signal groups of the ranker (matcher.ranker.FEATURES), named for a person.
+# Signal groups of the ranker (each feature's group in matcher.features), named for a person; and the fixed
+# bonus for a partner type the challenge prefers.
 SIGNAL_GROUPS = {
-    "meaning": ("dense", "dense_gap", "best_sentence"),
-    "key_terms": ("bm25",),
-    "track_record": ("projects", "coordinated", "partners", "years_since"),
-    "worked_with_matches": ("linked_seeds",),
-    "similar_past_work": ("past_work", "past_work_gap"),
-    "type_fit": ("type_fit",),  # the fixed bonus for a partner type the challenge prefers
+    **{group: tuple(f.name for f in REGISTRY if f.group == group) for group in dict.fromkeys(f.group for f in REGISTRY)},
+    "type_fit": ("type_fit",),
 }
 _SIGNAL_WORDS = {
     "meaning": "close in meaning to the query",

@@ -2,21 +2,22 @@
 
 Candidates come from four places: the best dense (FAISS) matches, the best BM25 matches, the organisations
 with the most similar past work (``matcher.past_work``), and the partners of the strongest text matches
-(organisations that worked with them before). Each candidate gets the ranker's signals
-(``matcher.ranker.FEATURES``); the learned model turns them into a score in [0, 1].
+(organisations that worked with them before). Each candidate gets the ranker's signals (the registry of
+``matcher.features``); the learned model turns them into a score in [0, 1].
 The same function ranks for the service, the evaluation command and the ranker's training.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
+from matcher.features import FEATURES, Signals, feature_matrix
 from matcher.index import Filter, VectorIndex
 from matcher.lexical import LexicalIndex
 from matcher.past_work import FLOOR, TAU, PastWork
-from matcher.ranker import FEATURES, Ranker, log1p, relative, sigmoid
+from matcher.ranker import Ranker, sigmoid
 from matcher.track_record import TrackRecords
 
 _RRF_K = 60
@@ -24,7 +25,7 @@ _RRF_K = 60
 
 @dataclass
 class Corpus:
-    """What ranking reads of one entity kind; the engine keeps all three in sync with the store."""
+    """What ranking reads of one entity kind; ``matcher.live_index`` keeps it in sync with the store."""
 
     vectors: VectorIndex
     lexical: LexicalIndex
@@ -64,7 +65,7 @@ def _top(nums: np.ndarray, scores: np.ndarray, n: int) -> list[int]:
 @dataclass
 class Candidates:
     nums: list[int]
-    X: np.ndarray  # one row per candidate, one column per ranker.FEATURES entry
+    X: np.ndarray  # one row per candidate, one column per registry feature (``features.FEATURES``)
     seeds: list[int]
     linked: dict[int, float]
     model_name: str  # the ranker model that ranks them (``ranking_model``)
@@ -122,27 +123,18 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     by_links = sorted(linked, key=lambda n: (-linked[n], n))[:depth]
 
     candidates = [n for n in dict.fromkeys([n for n, _ in dense_hits] + lexical_top + work_top + by_links) if n in index.meta]
-    X = np.zeros((len(candidates), len(FEATURES)))
     if not candidates:
-        return Candidates(candidates, X, seeds, linked, model_name)
+        return Candidates(candidates, np.zeros((0, len(FEATURES))), seeds, linked, model_name)
     dense_of = dict(dense_hits)
     missing = [n for n in candidates if n not in dense_of]
     if missing:
         vectors = np.vstack([index.vector(n) for n in missing])
         dense_of.update(zip(missing, (vectors @ query_vector).tolist()))
-    dense = np.array([dense_of[n] for n in candidates], np.float64)
     sentences = corpus.sentence_vectors(candidates)
-    X[:, 0] = dense
-    X[:, 1] = dense - dense.max()
     sentence_sims = {n: sentences[n] @ query_vector for n in candidates if len(sentences.get(n, ()))}
-    X[:, 2] = [float(sentence_sims[n].max()) if n in sentence_sims else dense_of[n] for n in candidates]
     work_sims = sentence_sims if title_vector is None else {n: sentences[n] @ work_vector for n in sentence_sims}
     # A profile without stored sentence vectors (an older store) counts its whole vector as its one sentence.
     work_sims = {**{n: np.array([index.vector(n) @ work_vector]) for n in candidates if n not in work_sims}, **work_sims}
-    X[:, 3] = relative(np.array([bm25_of.get(n, 0.0) for n in candidates]))
-    if use_records:
-        X[:, 4:8] = [records.features(n) for n in candidates]
-        X[:, 8] = [log1p(linked.get(n, 0.0)) for n in candidates]
     # The profile's own sentences count as past work too (they often name projects and topics); they are read
     # for the candidates only, on the same kernel scale as the titles. Without any stored past project titles
     # (no track records, or challenge targets), the sentences alone are the past work.
@@ -151,9 +143,16 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
         mass_of.get(n, 0.0) * np.exp((best_title - best) / TAU) + float(np.exp((work_sims[n] - best) / TAU).sum())
         for n in candidates
     ])
-    X[:, 9] = np.log(mass + FLOOR)
-    X[:, 10] = X[:, 9] - X[:, 9].max()
-    return Candidates(candidates, X, seeds, linked, model_name)
+    signals = Signals(
+        nums=candidates,
+        dense=np.array([dense_of[n] for n in candidates], np.float64),
+        best_sentence=np.array([float(sentence_sims[n].max()) if n in sentence_sims else dense_of[n] for n in candidates]),
+        bm25=np.array([bm25_of.get(n, 0.0) for n in candidates]),
+        past_work=np.log(mass + FLOOR),
+        records=records,
+        linked=linked,
+    )
+    return Candidates(candidates, feature_matrix(signals, use_records), seeds, linked, model_name)
 
 
 def rank(

@@ -9,49 +9,63 @@ the job's progress. A worker that is killed loses at most the chunk in flight: i
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import time
 
-from pydantic import ValidationError
-
 from matcher.batch import CHUNK, COLUMNS, match_chunk, plan
+from matcher.records import RecordError
 from models.jobs import JobStore
-from models.schemas import BatchJobRequest, InvalidInput, MatchRequest, problems
+from models.schemas import BatchJobRequest, InvalidInput, MatchRequest, parse
 
 log = logging.getLogger(__name__)
 BATCH_MATCH = "batch-match"
 
 
-def submit(engine, body) -> dict:
-    """Validate a batch-match job and queue it; 400 (InvalidInput) when the request or every query is bad."""
-    if not isinstance(body, dict):
-        raise InvalidInput([{"field": "body", "problem": "must be a JSON object"}])
-    try:
-        request = BatchJobRequest.model_validate(body)
-    except ValidationError as exc:
-        raise InvalidInput(problems(exc)) from None
+def submit(engine, body, lines: list[int] | None = None, unreadable: list[RecordError] = ()) -> dict:
+    """Validate a batch-match job and queue it; 400 (InvalidInput) when the request or every query is bad.
+
+    A query's line is its 1-based position, or, for queries read from a file (the console's uploads), its
+    ``lines`` in that file, as the batch command numbers them; the file's ``unreadable`` rows join the job's
+    errors. Result rows name a query by its line (query_line), and each error by its field and its line."""
+    request = parse(BatchJobRequest, body)
+    lines = list(lines or range(1, len(request.queries) + 1))
+    if len(lines) != len(request.queries):
+        raise ValueError(f"{len(lines)} lines for {len(request.queries)} queries")
     filters = request.filters.model_dump(mode="json")
-    batch = plan(enumerate(request.queries, start=1), engine.store, target=request.target, k=request.k,
+    batch = plan(zip(lines, request.queries), engine.store, target=request.target, k=request.k,
                  filters=filters, explain=request.explain)
-    errors = [{"field": f"queries[{e.line - 1}]" + ("." + e.problem.split(":", 1)[0] if ":" in e.problem else ""),
-               "problem": e.problem.split(":", 1)[-1].strip()} for e in batch.errors]
+    position = {line: i for i, line in enumerate(lines)}
+    errors = [_error(e, position.get(e.line)) for e in sorted([*unreadable, *batch.errors], key=lambda e: e.line)]
     if not batch.items:
         raise InvalidInput(errors, "no query in this job is valid")
     params = {"target": request.target, "k": request.k, "filters": filters, "explain": request.explain,
               "items": [{"line": i.line, "query_id": i.query_id, "request": i.request.model_dump(mode="json")} for i in batch.items]}
+    if lines != list(range(1, len(lines) + 1)):
+        params["lines"] = lines
     return JobStore(engine.store).create(BATCH_MATCH, params, len(batch.items), errors)
 
 
+def _error(error: RecordError, position: int | None) -> dict:
+    """A bad query as a job error: its field in the request (``file`` for a row that could not be read), the
+    problem and its line."""
+    named = re.match(r"([A-Za-z_][\w.\[\]]*): (.*)", error.problem, re.S)
+    field, problem = named.groups() if named else ("", error.problem)
+    where = f"queries[{position}]" if position is not None else "file"
+    return {"field": where + (f".{field}" if field else ""), "problem": problem.strip(), "line": error.line}
+
+
 def result(engine, job_id: str) -> dict | None:
-    """A finished job's rows (query_line is the query's 1-based position), or None if there is no such job."""
+    """A finished job's rows (query_line is the query's line, see ``submit``), or None if there is no such job."""
     jobs = JobStore(engine.store)
     job = jobs.get(job_id)
     if job is None:
         return None
     rows, errors = [], list(job["errors"])
+    position = {line: i for i, line in enumerate(jobs.params(job_id).get("lines") or [])}
     for line, res in jobs.results(job_id):
         if isinstance(res, str):
-            errors.append({"field": f"queries[{line - 1}]", "problem": res})
+            errors.append({"field": f"queries[{position.get(line, line - 1)}]", "problem": res, "line": line})
         else:
             rows.extend(dict(zip(COLUMNS, r)) for r in res)
     return {"job": job, "rows": rows, "errors": errors}

@@ -6,8 +6,8 @@ for that challenge would contain, recalibrated on future-like queries (``calibra
 identity when absent, ``python -m matcher evaluate --calibrate`` fits it). It lies in [0, 1] and is
 monotone with the rank (the slope must be positive). The artefact holds two models: ``full`` (text,
 track record and co-partnership signals) and ``text`` (text signals only), used when the candidates have
-no track record at all. How it was trained: ``matcher/ranker_model/MODEL_CARD.md``; the script is
-``matcher/training.py``.
+no track record at all; each names the signals it reads, from the registry of ``matcher.features``. How it
+was trained: ``matcher/ranker_model/MODEL_CARD.md``; the script is ``matcher/training.py``.
 """
 from __future__ import annotations
 
@@ -19,25 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_PATH = Path(__file__).parent / "ranker_model" / "ranker.json"
+from matcher.features import FEATURES, TEXT_FEATURES  # noqa: F401 (the registry's names, re-exported)
 
-# Every signal the ranker can use, in column order. Per-query relative signals make long call texts and
-# short queries comparable.
-FEATURES = (
-    "dense",  # cosine of the query and profile embeddings
-    "dense_gap",  # dense minus the best dense among this query's candidates (<= 0)
-    "best_sentence",  # best cosine of the query with one sentence of the profile (e.g. a past project title)
-    "bm25",  # BM25 over the best BM25 among this query's candidates, in [0, 1]
-    "projects",  # log(1 + past projects)
-    "coordinated",  # log(1 + projects coordinated)
-    "partners",  # log(1 + distinct partners)
-    "years_since",  # years from the organisation's last project to the newest in the store, capped at 5
-    "linked_seeds",  # log(1 + how many of the query's strongest text matches it has worked with)
-    "past_work",  # log of the kernel mass of the query's title over past project titles and profile sentences (past_work.py)
-    "past_work_gap",  # past_work minus the best past_work among this query's candidates (<= 0)
-)
-# The signals that need no track record: what the text model (no past projects stored, or challenge targets) reads.
-TEXT_FEATURES = ("dense", "dense_gap", "best_sentence", "bm25", "past_work", "past_work_gap")
+DEFAULT_PATH = Path(__file__).parent / "ranker_model" / "ranker.json"
 
 
 @dataclass(frozen=True)
@@ -49,7 +33,7 @@ class LinearModel:
     scale: np.ndarray
 
     @classmethod
-    def from_json(cls, data: dict) -> "LinearModel":
+    def from_json(cls, data: dict) -> LinearModel:
         features = tuple(data["features"])
         unknown = set(features) - set(FEATURES)
         if unknown:
@@ -93,7 +77,7 @@ class Calibration:
     def logits(self, raw: np.ndarray) -> np.ndarray:
         return self.slope * raw + self.offset
 
-    def then(self, other: "Calibration") -> "Calibration":
+    def then(self, other: Calibration) -> Calibration:
         """This map followed by ``other`` (a refit on top of the calibrated logits)."""
         return Calibration(other.slope * self.slope, other.slope * self.offset + other.offset)
 
@@ -123,7 +107,7 @@ class Ranker:
         return self.calibration.get(model_name, IDENTITY)
 
     @classmethod
-    def load(cls, path: str | Path = DEFAULT_PATH) -> "Ranker":
+    def load(cls, path: str | Path = DEFAULT_PATH) -> Ranker:
         data = json.loads(Path(path).read_text())
         return cls(
             version=data["version"],
@@ -146,13 +130,3 @@ def parse_calibrations(data: dict) -> dict[str, Calibration]:
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -40, 40)))
-
-
-def relative(values: np.ndarray) -> np.ndarray:
-    """Values over the largest one (all zero when none is positive)."""
-    top = float(values.max()) if len(values) else 0.0
-    return values / top if top > 0 else np.zeros_like(values)
-
-
-def log1p(x: float) -> float:
-    return math.log1p(max(x, 0.0))

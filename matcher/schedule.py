@@ -138,6 +138,9 @@ def read_slots(records) -> tuple[list[Slot], list[RecordError]]:
                     raise ValueError(f"{key}: not an ISO date-time such as 2027-03-15T09:00") from None
             if (times["start"].tzinfo is None) != (times["end"].tzinfo is None) or times["end"] <= times["start"]:
                 raise ValueError("end: must be after start (and both with or both without an offset)")
+            if slots and (times["start"].tzinfo is None) != (slots[0].start.tzinfo is None):
+                raise ValueError(f"start: {'without' if times['start'].tzinfo is None else 'with'} an offset, unlike "
+                                 f"line {slots[0].line}: give every slot an offset, or none")
             tables = _int(rec.get("tables"), "tables", 1) or DEFAULT_TABLES
         except ValueError as exc:
             errors.append(RecordError(line, str(exc)))

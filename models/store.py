@@ -16,10 +16,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from sqlalchemy import String, bindparam, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import String, bindparam, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from models.enums import EntityKind
+from models.errors import ConflictError, NotFoundError  # noqa: F401 (NotFoundError: re-exported)
+from models.jobs import erase_from_jobs
 from models.tables import (
     DEFAULT_TENANT,
     ENTITY_TABLES,
@@ -31,25 +33,10 @@ from models.tables import (
     sync_state,
     tenants,
 )
+from models.times import aware, iso, utcnow
 
 _CHUNK = 500  # ids per IN (...) clause, well under SQLite's variable limit
 ERASED = ""  # what the change log keeps of a deleted entity's id
-
-
-class NotFoundError(Exception):
-    """No entity with that id."""
-
-    def __init__(self, kind: EntityKind, entity_id: str, field: str | None = None):
-        super().__init__(f"no {kind.value[:-1]} with id '{entity_id}'")
-        self.kind, self.entity_id, self.field = kind, entity_id, field
-
-
-class ConflictError(Exception):
-    """An entity with that id exists already."""
-
-    def __init__(self, kind: EntityKind, entity_id: str):
-        super().__init__(f"{kind.value[:-1]} '{entity_id}' exists already")
-        self.kind, self.entity_id = kind, entity_id
 
 
 @dataclass(frozen=True)
@@ -95,19 +82,6 @@ def check_tenant(tenant: str) -> str:
     if not isinstance(tenant, str) or not TENANT_PATTERN.match(tenant) or tenant in (".", ".."):
         raise ValueError(f"tenant {tenant!r}: a tenant is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return tenant
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def _aware(value: dt.datetime) -> dt.datetime:
-    """A stored time in UTC: SQLite gives it back naive, PostgreSQL in the session's time zone."""
-    return value.astimezone(dt.timezone.utc) if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-
-
-def _iso(value: dt.datetime) -> str:
-    return _aware(value).isoformat().replace("+00:00", "Z")
 
 
 def index_meta(kind: EntityKind, doc: dict) -> dict:
@@ -292,12 +266,18 @@ class Store:
         type: str | None = None,
         country: str | None = None,
         status: str | None = None,
+        text: str | None = None,
     ) -> list[dict]:
-        """A page of entities in id order, after ``after_id`` (keyset pagination)."""
+        """A page of entities in id order, after ``after_id`` (keyset pagination); ``text``: only those whose
+        name (a challenge's title) or description contains it, case-insensitively (a scan of the tenant's rows)."""
         table = ENTITY_TABLES[kind]
-        query = select(table.c.id, table.c.data, table.c.created_at, table.c.updated_at).where(*self._mine(table)).order_by(table.c.id)
+        query = self._documents(table).order_by(table.c.id)
         if after_id is not None:
             query = query.where(table.c.id > after_id)
+        if text:
+            needle, title = text.lower(), "name" if kind is EntityKind.organisations else "title"
+            query = query.where(or_(func.lower(table.c.data[title].as_string()).contains(needle, autoescape=True),
+                                    func.lower(table.c.data["description"].as_string()).contains(needle, autoescape=True)))
         if type is not None and kind is EntityKind.organisations:
             query = query.where(table.c.type == type)
         if status is not None and kind is EntityKind.challenges:
@@ -306,6 +286,22 @@ class Store:
             query = query.where(table.c.country == country)
         with self.engine.connect() as conn:
             return [_document(row) for row in conn.execute(query.limit(limit))]
+
+    def _documents(self, table):
+        return select(table.c.id, table.c.data, table.c.created_at, table.c.updated_at).where(*self._mine(table))
+
+    def newest(self, kind: EntityKind, limit: int = 5) -> list[dict]:
+        """The entities added last (rows are numbered as they are added, and keep their number when edited)."""
+        table = ENTITY_TABLES[kind]
+        with self.engine.connect() as conn:
+            return [_document(row) for row in conn.execute(self._documents(table).order_by(table.c.num.desc()).limit(limit))]
+
+    def closing_soon(self, today: dt.date, limit: int = 5) -> list[dict]:
+        """Open challenges whose deadline is ``today`` or later, the nearest first."""
+        table = ENTITY_TABLES[EntityKind.challenges]
+        query = self._documents(table).where(table.c.status == "open", table.c.deadline >= today)
+        with self.engine.connect() as conn:
+            return [_document(row) for row in conn.execute(query.order_by(table.c.deadline, table.c.id).limit(limit))]
 
     def count(self, kind: EntityKind) -> int:
         table = ENTITY_TABLES[kind]
@@ -408,7 +404,7 @@ class Store:
                 if doc["id"] in existing:
                     num, created = existing[doc["id"]]
                     updates.append({**row, "b_num": num})
-                    stored.append((num, {**doc, "created_at": _iso(created), "updated_at": _iso(now)}))
+                    stored.append((num, {**doc, "created_at": iso(created), "updated_at": iso(now)}))
                 else:
                     inserts.append({**row, "id": doc["id"], "tenant": self.tenant, "created_at": now})
             if updates:
@@ -418,7 +414,7 @@ class Store:
                 for row in conn.execute(insert(table).returning(table.c.num, table.c.id, sort_by_parameter_order=True), inserts):
                     nums[row.id] = row.num
                 for ins in inserts:
-                    stored.append((nums[ins["id"]], {**ins["data"], "created_at": _iso(now), "updated_at": _iso(now)}))
+                    stored.append((nums[ins["id"]], {**ins["data"], "created_at": iso(now), "updated_at": iso(now)}))
             conn.execute(
                 insert(changes),
                 [{"seq": seq, "tenant": self.tenant, "kind": kind.value, "entity_id": d["id"], "num": num, "op": "upsert"}
@@ -453,8 +449,6 @@ class Store:
 
         Erasure: the change log keeps the row number (which replays need) but no longer the id; an organisation's
         own digest log goes, and it is struck from other organisations' digest logs and from batch jobs."""
-        from models.jobs import erase_from_jobs  # jobs persistence builds on this module
-
         table = ENTITY_TABLES[kind]
         if not self.existing_ids(kind, [entity_id]):
             return False
@@ -526,7 +520,7 @@ class Store:
                                 .where(digest_messages.c.organisation_id == organisation_id, *self._mine(digest_messages),
                                        digest_messages.c.status.in_(("sent", "pending")))).all()
         items = {(i["kind"], i["id"]) for row in rows for i in row.matches}
-        sent = [_aware(row.sent_at) for row in rows if row.status == "sent" and row.sent_at is not None]
+        sent = [aware(row.sent_at) for row in rows if row.status == "sent" and row.sent_at is not None]
         return items, max(sent, default=None)
 
     def add_digest(self, organisation_id: str, message_id: str, items: list[dict], message: bytes) -> int | None:
@@ -559,7 +553,7 @@ class Store:
                 return
             values: dict = {"status": status, "attempts": row.attempts + (error is not None or status == "sent")}
             if error is not None:
-                values["errors"] = [*row.errors, {**error, "at": _iso(utcnow())}]
+                values["errors"] = [*row.errors, {**error, "at": iso(utcnow())}]
             if status in ("sent", "cancelled"):
                 values["message"] = b""  # kept only to resend the same bytes after an interruption; no copy lingers
             if status == "sent":
@@ -596,7 +590,7 @@ def _rows_where_in(conn: Connection, column, keys: list, *columns, where=()) -> 
 
 
 def _document(row) -> dict:
-    return {**row.data, "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at)}
+    return {**row.data, "created_at": iso(row.created_at), "updated_at": iso(row.updated_at)}
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

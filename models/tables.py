@@ -125,7 +125,7 @@ digest_messages = Table(
     sqlite_autoincrement=True,
 )
 
-# Batch-match jobs (issue 4): their state and their results live in the store, so they survive a restart.
+# Batch-match jobs: their state and their results live in the store, so they survive a restart.
 # A job worker holds a job while ``lease_until`` is in the future and renews it after every chunk.
 jobs = Table(
     "jobs",

@@ -19,6 +19,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app = Flask(__name__)
     app.config.update(flask_config(settings))
     app.json.sort_keys = False
+    app.extensions["matcher.settings"] = settings
     app.extensions["matcher.engine"] = engine or Engine(settings).open()
 
     from service.api import consortia, entities, health, jobs, keys, match, reject_unstorable_path, unsubscribe

@@ -2,8 +2,9 @@
 
 ``Authorization: Bearer mk_...``: the key names its tenant and scopes (models/keys.py). Every endpoint needs a
 scope, from its blueprint and method (``REQUIRED``); /healthz, /readyz, /openapi.json and the unsubscribe link
-(which carries a signed token of its own) are open. A missing or unknown key is 401, a key without the scope
-403, a key over its rate 429 with Retry-After; all in the API's JSON error shape. The request's tenant is then
+(which carries a signed token of its own) are open, and so is the console's blueprint: it signs a person in with
+a key and checks the same scopes itself (service/console/session.py). A missing or unknown key is 401, a key
+without the scope 403, a key over its rate 429 with Retry-After; all in the API's JSON error shape. The request's tenant is then
 ``g.tenant``, and the blueprints only ever reach that tenant's engine.
 
 ``MATCHER_AUTH=off`` serves ``MATCHER_DEFAULT_TENANT`` with every scope and no key, for local development and
@@ -18,11 +19,12 @@ from flask import Flask, current_app, g, request
 
 from models.keys import SCOPES, KeyStore
 from service import ratelimit
+from service.config import current_settings
 from service.errors import ApiError
 
 log = logging.getLogger(__name__)
 
-OPEN = {"health", "unsubscribe", "static"}
+OPEN = {"health", "unsubscribe", "static", "console"}  # the console signs its users in with a key itself
 READ_WRITE = {"GET": "read", "HEAD": "read"}  # anything else on an entity is a write
 REQUIRED = {
     "organisations": READ_WRITE,
@@ -60,7 +62,7 @@ def _bearer() -> str | None:
 
 def authenticate() -> None:
     """before_request: set g.tenant, g.scopes and g.key_id, or raise the 401/403/429."""
-    settings = current_app.extensions["matcher.engine"].settings
+    settings = current_settings()
     need = required_scope(request.blueprint, request.method)
     if request.endpoint is None or need is None:  # no such route (404/405), or an open one
         return

@@ -1,4 +1,8 @@
-"""Every error as JSON: {"error": {"code", "message", "details": [{"field", "problem"}]}}."""
+"""Every error as JSON: {"error": {"code", "message", "details": [{"field", "problem"}]}}.
+
+The domain's errors (models/errors.py) answer with their own status and code; ``ApiError`` adds the refusals of
+the HTTP layer (401, 403, 429, ...), with headers.
+"""
 from __future__ import annotations
 
 import logging
@@ -7,18 +11,18 @@ from flask import Flask, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from models.schemas import InvalidInput
-from models.store import ConflictError, NotFoundError
+from models.errors import InvalidInput, MatcherError
 
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
+class ApiError(MatcherError):
+    """A refusal of the HTTP layer: its status, code and headers are the caller's to give."""
+
     def __init__(self, status: int, code: str, message: str, details: list[dict] | None = None,
                  headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details or []
-        self.headers = headers or {}
+        super().__init__(message, details)
+        self.http_status, self.code, self.headers = status, code, headers or {}
 
 
 def error_response(status: int, code: str, message: str, details: list[dict] | None = None, headers=None):
@@ -28,31 +32,14 @@ def error_response(status: int, code: str, message: str, details: list[dict] | N
     return response
 
 
-def invalid(field: str, problem: str) -> ApiError:
-    return ApiError(400, "invalid_request", f"{field}: {problem}", [{"field": field, "problem": problem}])
+def invalid(field: str, problem: str) -> InvalidInput:
+    return InvalidInput([{"field": field, "problem": problem}])
 
 
 def register_error_handlers(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
-
-    @app.errorhandler(InvalidInput)
-    def _invalid(exc: InvalidInput):
-        message = exc.message
-        if exc.details and message == "the request is not valid":
-            first = exc.details[0]
-            message = f"{first['field']}: {first['problem']}"
-        return error_response(400, "invalid_request", message, exc.details)
-
-    @app.errorhandler(NotFoundError)
-    def _not_found(exc: NotFoundError):
-        details = [{"field": exc.field, "problem": "not found"}] if exc.field else []
-        return error_response(404, "not_found", str(exc), details)
-
-    @app.errorhandler(ConflictError)
-    def _conflict(exc: ConflictError):
-        return error_response(409, "conflict", str(exc), [{"field": "id", "problem": "exists already"}])
+    @app.errorhandler(MatcherError)
+    def _matcher_error(exc: MatcherError):
+        return error_response(exc.http_status, exc.code, exc.message, exc.details, getattr(exc, "headers", None))
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException):

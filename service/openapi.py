@@ -106,7 +106,7 @@ def _entity_paths(kind: str, model: str, filters: list[dict]) -> dict:
     }
 
 
-def _issue4_paths() -> dict:
+def _job_and_consortium_paths() -> dict:
     """Batch-match jobs and consortia."""
     job_id = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
     row = {"type": "object", "properties": {c: {} for c in ("query_line", "query_id", "rank", "match_id", "match_name",
@@ -169,7 +169,7 @@ def openapi_spec() -> dict:
                                                           "400": {"description": "Missing, tampered or expired token (a page for browsers)",
                                                                   **_json(_ref("Error"))}}}
                                    for method in ("get", "post")}}
-    paths.update(_issue4_paths())
+    paths.update(_job_and_consortium_paths())
     paths["/healthz"] = {"get": {"summary": "The process answers", "responses": {"200": {"description": "Alive"}}}}
     paths["/readyz"] = {"get": {"summary": "Model loaded and indexes in sync with the store",
                                 "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}}

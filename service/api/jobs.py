@@ -8,15 +8,18 @@ from __future__ import annotations
 from flask import Blueprint, url_for
 
 from matcher import jobs
+from models.errors import NotFinished, NotFoundError
 from models.jobs import JobStore
 from service.api import engine, json_body
-from service.errors import error_response
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
 
-def _not_found(job_id: str):
-    return error_response(404, "not_found", f"no job with id '{job_id}'", [{"field": "id", "problem": "unknown job id"}])
+def _job(job_id: str) -> dict:
+    job = JobStore(engine().store).get(job_id)
+    if job is None:
+        raise NotFoundError("job", job_id, field="id", problem="unknown job id")
+    return job
 
 
 @bp.post("/batch-match")
@@ -27,16 +30,12 @@ def create_batch_match():
 
 @bp.get("/<job_id>")
 def read(job_id):
-    job = JobStore(engine().store).get(job_id)
-    return job if job is not None else _not_found(job_id)
+    return _job(job_id)
 
 
 @bp.get("/<job_id>/result")
 def result(job_id):
-    job = JobStore(engine().store).get(job_id)
-    if job is None:
-        return _not_found(job_id)
+    job = _job(job_id)
     if job["status"] != "done":
-        return error_response(409, "not_finished", f"job '{job_id}' is {job['status']}; its result is not ready",
-                              [{"field": "id", "problem": f"status is {job['status']}"}])
+        raise NotFinished("job", job_id, job["status"])
     return jobs.result(engine(), job_id)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from flask import Blueprint, g
 
+from models.errors import NotFoundError
 from models.keys import KeyRequestError, KeyStore
 from service.api import engine, json_body
-from service.errors import error_response, invalid
+from service.errors import invalid
 
 bp = Blueprint("keys", __name__, url_prefix="/v1/keys")
 
@@ -45,5 +46,5 @@ def create_key():
 @bp.delete("/<key_id>")
 def revoke_key(key_id):
     if not _keys().revoke(key_id, tenant=g.tenant):
-        return error_response(404, "not_found", f"no active key with id '{key_id}'", [{"field": "id", "problem": "unknown key id"}])
+        raise NotFoundError("active key", key_id, field="id", problem="unknown key id")
     return "", 204

@@ -11,6 +11,7 @@ from flask import Blueprint, render_template, request
 from matcher.tokens import TokenError, read_unsubscribe_token
 from models.enums import EntityKind
 from service.api import engine
+from service.config import current_settings
 from service.errors import error_response
 
 log = logging.getLogger(__name__)
@@ -28,12 +29,11 @@ def unsubscribe():
     token = request.args.get("token", "").strip()
     if not token:
         return _refuse("invalid_request", "missing: use the link from the e-mail")
-    eng = engine()
     try:
-        tenant, org_id = read_unsubscribe_token(eng.settings, token)
+        tenant, org_id = read_unsubscribe_token(current_settings(), token)
     except TokenError as exc:
         return _refuse("expired_token" if exc.expired else "invalid_token", str(exc))
-    eng = eng.for_tenant(tenant)
+    eng = engine().for_tenant(tenant)
     org = eng.store.get(EntityKind.organisations, org_id)
     if org is not None and org.get("email_opt_in"):
         eng.patch(EntityKind.organisations, org_id, {"email_opt_in": False})

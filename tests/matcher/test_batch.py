@@ -79,6 +79,7 @@ def test_xlsx_in_and_out_challenges_target(stocked, tmp_path):
     assert [(r[0], r[3]) for r in rows[1:]] == [(2, "ch-grid"), (3, "ch-grid")]
 
 
+@pytest.mark.slow
 def test_deterministic_and_resumes_without_duplicates(stocked, tmp_path):
     src = write_jsonl(tmp_path / "q.jsonl", [{"text": f"{o['description']} Variant {i}."} for i in range(5) for o in ORGS])
     clean = tmp_path / "clean.jsonl"
@@ -113,6 +114,7 @@ def test_deterministic_and_resumes_without_duplicates(stocked, tmp_path):
     assert run_batch_file(stocked, src, out, k=4, progress=False, restart=True).resumed == 0
 
 
+@pytest.mark.slow
 def test_cli_killed_run_continues_with_the_same_arguments(stocked, tmp_path):
     """The real `python -m matcher batch` process, killed with SIGKILL part-way, then run again."""
     src = write_jsonl(tmp_path / "q.jsonl", [{"text": f"{o['description']} Case {i}."} for i in range(12) for o in ORGS])

@@ -17,6 +17,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_data_runner_gives_the_same_rows_as_the_local_runner(engine, tmp_path, local_ray):
     engine.upsert_many(EntityKind.organisations, ORGS)
     queries = [{"text": f"{o['description']} Need {i}."} for i in range(3) for o in ORGS]

@@ -73,6 +73,7 @@ def test_read_records_formats(tmp_path):
         list(read_records(tmp_path / "a.txt"))
 
 
+@pytest.mark.slow
 def test_python_dash_m_matcher_entry_point(env):
     """The real `python -m matcher` process: init loads the shipped demo data and match answers."""
     run_env = {**os.environ, "MATCHER_LOAD_DEMO": "1", "HF_HUB_OFFLINE": "1"}

@@ -1,6 +1,7 @@
 """The consortium builder: constraints honoured, alternatives with little overlap, roles and reasons, errors."""
 import json
 
+import numpy as np
 import pytest
 
 from matcher import cli
@@ -56,6 +57,21 @@ def test_consortia_cover_the_challenge_under_constraints(stocked):
     assert overlap == {"recyclo"}  # alternatives share only the must-include member
     recyclo = next(m for m in first["members"] if m["id"] == "recyclo")
     assert "must be included" in recyclo["why"]
+
+
+def test_each_members_coverage_of_each_aspect_makes_the_heat_map(stocked):
+    result = build(stocked, parse_request({"challenge_id": "ch-storage", "size": 3, "alternatives": 1}))
+    aspects = result["challenge_aspects"]
+    assert len(aspects) == result["aspects"] == 5 and abs(sum(a["weight"] for a in aspects) - 1) < 1e-3
+    assert [a["text"] for a in aspects[-2:]] == CHALLENGE["needs"]  # the sentences, then the needs
+    team = result["consortia"][0]
+    grid = np.array([m["aspect_coverage"] for m in team["members"]])  # members x aspects
+    assert grid.shape == (3, 5) and (grid >= 0).all() and (grid <= 1).all() and grid.std() > 0.01
+    weights = np.array([a["weight"] for a in aspects])
+    assert abs(float((grid.max(axis=0) * weights).sum()) - team["coverage"]) < 1e-3  # the team's best cover, weighted
+    texts = [a["text"] for a in aspects]
+    for pos, member in enumerate(team["members"]):  # what a member "covers" is where it is the team's best
+        assert all(grid[pos, texts.index(c)] == grid[:, texts.index(c)].max() for c in member["covers"])
 
 
 def test_a_required_type_with_no_candidate_left_is_reported(stocked):

@@ -334,6 +334,7 @@ def _png_size(path) -> tuple[int, int]:
 PHONE = 390
 
 
+@pytest.mark.slow
 def test_digest_renders_readably_at_phone_width_in_chromium(mail_engine, tmp_path):
     """One real digest in headless Chromium at 390 px: a PNG to look at, no horizontal overflow, no tiny text."""
     if not shutil.os.access(CHROMIUM, shutil.os.X_OK):

@@ -2,8 +2,9 @@ import pytest
 
 from matcher.engine import Engine
 from models.enums import EntityKind
-from models.schemas import InvalidInput, MatchRequest
-from models.store import EmbeddingRecord, NotFoundError
+from models.errors import InvalidInput, NotFoundError
+from models.schemas import MatchRequest
+from models.store import EmbeddingRecord
 from tests.conftest import ORGS
 
 ORG, CH = EntityKind.organisations, EntityKind.challenges
@@ -149,10 +150,10 @@ def test_snapshot_start_matches_store_start(loaded, settings, encoder):
 
 
 def test_sentence_cache_never_evicts_what_a_request_needs(engine, monkeypatch):
-    import matcher.engine as engine_module
+    import matcher.embedding as embedding_module
 
-    monkeypatch.setattr(engine_module, "_SENTENCE_CACHE", 3)
-    first = engine._sentence_vectors(["one sentence.", "two sentences."])
-    both = engine._sentence_vectors(["three.", "four.", "five.", "one sentence."])
-    assert both.shape == (4, engine.encoder.dim) and len(engine._sentences) == 3
+    monkeypatch.setattr(embedding_module, "_SENTENCE_CACHE", 3)
+    first = engine.embedder.sentence_vectors(["one sentence.", "two sentences."])
+    both = engine.embedder.sentence_vectors(["three.", "four.", "five.", "one sentence."])
+    assert both.shape == (4, engine.encoder.dim) and len(engine.embedder._sentences) == 3
     assert abs(float(both[3] @ first[0]) - 1.0) < 1e-5

@@ -40,6 +40,7 @@ def test_leave_one_topic_out_removes_the_topic_from_the_profile():
     assert alone["description"] == "Fields: ports."
 
 
+@pytest.mark.slow
 def test_evaluate_command_prints_the_product_beside_every_baseline(tmp_path):
     pool, queries = CORDIS / "bench" / "pool.jsonl.gz", CORDIS / "bench" / "dev_queries.jsonl.gz"
     if not pool.exists():

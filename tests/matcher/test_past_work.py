@@ -70,9 +70,9 @@ def test_written_organisations_bring_their_titles_and_a_delete_erases_them(engin
     assert matrix.shape[0] == len(distinct_titles(stored["tram"].data)) == 2
     tram = engine.indexes[ORG].num_of["tram"]
     query = engine.encoder.encode(["trams for a small city"])[0]
-    assert engine.past_work.closest_titles(tram, query)[0][0] == "Electric trams for small cities"
+    assert engine.live.past_work.closest_titles(tram, query)[0][0] == "Electric trams for small cities"
     engine.delete(ORG, "tram")
-    assert engine.past_work.titles() == 1  # only the farm's title is left in memory
+    assert engine.live.past_work.titles() == 1  # only the farm's title is left in memory
 
 
 def test_a_store_from_before_past_work_is_embedded_on_load(engine_with_work, settings, encoder):
@@ -85,7 +85,7 @@ def test_a_store_from_before_past_work_is_embedded_on_load(engine_with_work, set
     store.dispose()
     reopened = Engine(settings, encoder=encoder).open()
     reopened.load_indexes()
-    assert reopened.past_work.titles() == 3
+    assert reopened.live.past_work.titles() == 3
     assert all(r.project_vectors is not None for r in reopened.store.vectors(ORG) if r.id != "fresh")
 
 
@@ -116,4 +116,4 @@ def test_a_call_texts_title_line_is_compared_with_past_project_titles(engine_wit
     assert related["similarity"] > 0.95  # the title line embedded alone is (almost) the same text as the title
     whole = engine_with_work.encoder.encode([text])[0]
     num = engine_with_work.indexes[ORG].num_of["tram"]
-    assert dict(engine_with_work.past_work.closest_titles(num, whole))["Electric trams for small cities"] < 0.9
+    assert dict(engine_with_work.live.past_work.closest_titles(num, whole))["Electric trams for small cities"] < 0.9

@@ -54,8 +54,8 @@ def test_track_records_count_projects_and_link_partners_both_ways():
     records.upsert([1, 2, 3], docs)
     assert records.linked_to([2]) == {1: 1.0} and records.linked_to([1]) == {2: 1.0}
     assert records.neighbours(2) == {1}
-    projects, coordinated, partners, gap = records.features(1)
-    assert projects == pytest.approx(np.log1p(2)) and gap == 0.0
+    named = records.features(1)
+    assert named["projects"] == pytest.approx(np.log1p(2)) and named["years_since"] == 0.0
     records.remove([1])
     assert records.linked_to([2]) == {}
 
@@ -114,7 +114,7 @@ def test_scores_are_calibrated_probabilities_in_rank_order_with_signal_explanati
 
 def test_a_calibration_rescales_the_scores_and_their_shares_and_keeps_the_order(ecosystem):
     text = "hydrogen electrolysers for port cranes"
-    vector, corpus = ecosystem.encoder.encode([text])[0], ecosystem.corpus(ORG)
+    vector, corpus = ecosystem.encoder.encode([text])[0], ecosystem.live.corpus(ORG)
     raw = rank(corpus, vector, text, Filter(), 8, dataclasses.replace(ecosystem.ranker, calibration={}))
     calibration = Calibration(0.5, -1.0)
     calibrated = rank(corpus, vector, text, Filter(), 8,
@@ -139,7 +139,7 @@ def test_a_rare_word_finds_its_profile_lexically(ecosystem):
 
 def test_without_any_track_record_the_text_model_ranks(engine):
     engine.upsert_many(ORG, ORGS)
-    assert not engine.records.any_known()
+    assert not engine.live.records.any_known()
     result = engine.match(req(query={"text": "leak detection for water pipes"}, k=3))
     assert ids(result)[0] == "aquasense"
     signals = result["matches"][0]["explanation"]["signals"]
@@ -158,5 +158,5 @@ def test_another_process_sees_text_and_track_record_changes(ecosystem, settings,
     ecosystem.delete(ORG, "nordic-h2")
     assert "zyx" not in ids(other.match(req(query={"text": "zyxolite"}, k=3)))
     consult = other.indexes[ORG].num_of["port-consult"]
-    assert other.records.neighbours(consult) == set()  # the deleted partner left the graph
-    assert len(other.lexical[ORG]) == len(other.indexes[ORG])
+    assert other.live.records.neighbours(consult) == set()  # the deleted partner left the graph
+    assert len(other.live.lexical[ORG]) == len(other.indexes[ORG])

@@ -9,7 +9,7 @@ import pytest
 from openpyxl import Workbook, load_workbook
 
 from matcher import cli
-from matcher.schedule import build_schedule, write_outputs
+from matcher.schedule import build_schedule, read_slots, write_outputs
 from matcher.tables_io import read_table
 from models.enums import EntityKind
 from tests.conftest import ORGS
@@ -112,6 +112,14 @@ def test_schedule_from_real_files(event, people):
     assert schedule.summary()["requested_pairs"] == 4
     assert schedule.unplaced_requests == [] and schedule.summary()["requested_placed"] == 4
     assert all(m.requested_by for m in meetings if frozenset((m.a, m.b)) == frozenset(("voltgrid", "tu-tampere")))
+
+
+def test_slots_with_and_without_an_offset_do_not_mix():
+    rows = [(2, {"id": "s1", "start": "2027-03-15T09:00+01:00", "end": "2027-03-15T09:20+01:00"}),
+            (3, {"id": "s2", "start": "2027-03-15T09:30", "end": "2027-03-15T09:50"})]
+    slots, errors = read_slots(rows)
+    assert [s.id for s in slots] == ["s1"]
+    assert [str(e) for e in errors] == ["line 3: start: without an offset, unlike line 2: give every slot an offset, or none"]
 
 
 def test_outputs_agendas_and_calendars(event):

@@ -193,7 +193,7 @@ def test_delete_erases_the_organisation_everywhere(secured):
     assert "voltgrid" in json.dumps(client.get(f"/v1/jobs/{job['id']}/result", headers=a).get_json()["rows"])
     queued = client.post("/v1/jobs/batch-match", json={"queries": [{"organisation_id": "voltgrid"}, {"text": "water leaks"}],
                                                        "filters": {"exclude_ids": ["voltgrid"]}}, headers=a).get_json()
-    snapshot = eng._snapshot_path(ORG)
+    snapshot = eng.live.snapshot_path(ORG)
     eng.save_snapshots()
     assert b"VoltGrid" in snapshot.read_bytes()
 
@@ -218,7 +218,7 @@ def test_delete_erases_the_organisation_everywhere(secured):
     assert [e["field"] for e in result["errors"] if "deleted" in e["problem"]] == ["queries[0]"] and result["rows"]
     assert "voltgrid" not in json.dumps(result)
     assert b"VoltGrid" not in snapshot.read_bytes()  # the snapshot on disk was rewritten without it
-    assert "voltgrid" not in eng.indexes[ORG].num_of and num not in eng.lexical[ORG]
+    assert "voltgrid" not in eng.indexes[ORG].num_of and num not in eng.live.lexical[ORG]
     for text in ("battery storage controllers for microgrids", "solar peaks"):
         r = client.post("/v1/match", json={"query": {"text": text}, "k": 10}, headers=a)
         assert "voltgrid" not in {m["id"] for m in r.get_json()["matches"]}
@@ -228,7 +228,8 @@ def test_delete_erases_the_organisation_everywhere(secured):
 
 def test_rate_limit_answers_429_with_retry_after(secured, monkeypatch):
     client, engine, key = secured
-    monkeypatch.setattr(engine, "settings", dataclasses.replace(engine.settings, rate_limit=600, rate_burst=3))
+    extensions = client.application.extensions  # the app's settings (service/config.py)
+    monkeypatch.setitem(extensions, "matcher.settings", dataclasses.replace(extensions["matcher.settings"], rate_limit=600, rate_burst=3))
     h = key("a", "read", rate_limit=6)  # 6 a minute, 3 at once
     codes = [client.get("/v1/organisations", headers=h) for _ in range(5)]
     assert [r.status_code for r in codes] == [200, 200, 200, 429, 429]
@@ -253,6 +254,7 @@ def test_keys_over_the_api_and_revocation(secured):
     assert client.get("/v1/organisations", headers=new).status_code == 401
 
 
+@pytest.mark.slow
 def test_keys_cli_create_use_revoke(tmp_path, secured):
     client, engine, _ = secured
     env = {"MATCHER_DATA_DIR": str(engine.settings.data_dir), "MATCHER_DB_URL": engine.settings.db_url, "HF_HUB_OFFLINE": "1",
@@ -309,6 +311,7 @@ def test_the_spec_names_each_operations_scope_and_the_server_enforces_it(secured
     assert checked >= 18
 
 
+@pytest.mark.slow
 def test_make_run_flow_keys_tenants_and_shared_rate_limits_over_gunicorn(tmp_path):
     """As a user runs it: `matcher init` prints the demo key; gunicorn (2 workers) asks for keys, keeps tenants
     apart, and both workers draw on one rate-limit bucket per key; MATCHER_AUTH=off will not bind beyond loopback."""

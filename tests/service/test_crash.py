@@ -99,6 +99,7 @@ def ready(base) -> dict:
 # --- 1. the service, killed during a bulk write ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_service_killed_during_a_bulk_write_keeps_all_or_nothing_and_catches_up(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -202,16 +203,16 @@ def _rebuilt(caplog) -> list[str]:
 
 @pytest.mark.parametrize("damage", ["truncated", "bytes_flipped"])
 def test_a_corrupt_snapshot_is_detected_and_rebuilt(snapshotted, encoder, caplog, damage):
-    path = snapshotted._snapshot_path(ORG)
+    path = snapshotted.live.snapshot_path(ORG)
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 3] if damage == "truncated" else
                      raw[:-4096] + bytes(b ^ 0x5A for b in raw[-4096:-4000]) + raw[-4000:])
-    caplog.set_level(logging.INFO, logger="matcher.engine")
+    caplog.set_level(logging.INFO, logger="matcher.live_index")
     fresh = _engine(snapshotted.settings.data_dir, encoder)
     fresh.load_indexes()
     assert _rebuilt(caplog), "the corrupt snapshot should have been reported"
     assert_agrees_with_store(fresh)
-    rebuilt, seq = VectorIndex.load(path, model=fresh._snapshot_key(), dim=encoder.dim)  # rewritten whole
+    rebuilt, seq = VectorIndex.load(path, model=fresh.live.snapshot_key(), dim=encoder.dim)  # rewritten whole
     assert seq == fresh.store.current_seq() and rebuilt.meta == fresh.indexes[ORG].meta
 
 
@@ -245,7 +246,7 @@ def test_a_stale_snapshot_is_caught_up_or_rebuilt(snapshotted, encoder, tmp_path
         shutil.rmtree(index_dir)
         shutil.copytree(other.settings.index_dir, index_dir)
 
-    caplog.set_level(logging.INFO, logger="matcher.engine")
+    caplog.set_level(logging.INFO, logger="matcher.live_index")
     fresh = _engine(data, encoder)
     fresh.load_indexes()
     assert_agrees_with_store(fresh)
@@ -255,7 +256,7 @@ def test_a_stale_snapshot_is_caught_up_or_rebuilt(snapshotted, encoder, tmp_path
     else:
         reason = "ahead of the store" if staleness == "ahead_of_the_store" else "another model or format"
         assert any(reason in m for m in _rebuilt(caplog)), caplog.text
-        assert snapshot_seq(snapshotted._snapshot_path(ORG)) == fresh.store.current_seq()
+        assert snapshot_seq(snapshotted.live.snapshot_path(ORG)) == fresh.store.current_seq()
     if staleness == "ahead_of_the_store":
         assert "lumen" in fresh.indexes[ORG].num_of and "late" not in fresh.indexes[ORG].num_of
 
@@ -278,15 +279,16 @@ idx.save(Path(dst), seq=seq, model=key)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["before_rename", "after_rename"])
 def test_a_save_killed_half_way_leaves_the_old_or_the_new_snapshot(snapshotted, encoder, tmp_path, caplog, where):
-    path = snapshotted._snapshot_path(ORG)
+    path = snapshotted.live.snapshot_path(ORG)
     old_seq = snapshot_seq(path)
     snapshotted.create(ORG, {"id": "late", "name": "Late Co", "type": "sme", "description": "Hydrogen buses for cities."})
     newer = tmp_path / "newer.npz"
-    snapshotted.indexes[ORG].save(newer, seq=snapshotted.synced_seq, model=snapshotted._snapshot_key())
+    snapshotted.indexes[ORG].save(newer, seq=snapshotted.live.synced_seq, model=snapshotted.live.snapshot_key())
     marker = tmp_path / "saving"
-    proc = subprocess.Popen([sys.executable, "-c", _SAVE_AND_STOP, str(newer), str(path), snapshotted._snapshot_key(),
+    proc = subprocess.Popen([sys.executable, "-c", _SAVE_AND_STOP, str(newer), str(path), snapshotted.live.snapshot_key(),
                              str(encoder.dim), str(marker), where], cwd=ROOT)
     try:
         wait_for(lambda: marker.exists() or proc.poll() is not None, 60, "the save to stop")
@@ -299,8 +301,8 @@ def test_a_save_killed_half_way_leaves_the_old_or_the_new_snapshot(snapshotted, 
         assert snapshot_seq(path) == old_seq and [p.name for p in leftovers] == [f".{path.name}.{proc.pid}.tmp"]
         os.utime(leftovers[0], (time.time() - 120, time.time() - 120))  # a crash a while ago
     else:
-        assert snapshot_seq(path) == snapshotted.synced_seq and leftovers == []
-    caplog.set_level(logging.INFO, logger="matcher.engine")
+        assert snapshot_seq(path) == snapshotted.live.synced_seq and leftovers == []
+    caplog.set_level(logging.INFO, logger="matcher.live_index")
     fresh = _engine(snapshotted.settings.data_dir, encoder)
     fresh.load_indexes()
     assert not _rebuilt(caplog)  # whichever file it found, it was whole
@@ -316,6 +318,7 @@ def _worker(env, *args) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_a_batch_job_whose_worker_is_killed_is_finished_by_another_exactly_once(tmp_path, encoder):
     data = tmp_path / "data"
     engine = _engine(data, encoder)
@@ -395,6 +398,7 @@ class KillingMailbox:
         return "250 Message accepted for delivery"
 
 
+@pytest.mark.slow
 def test_a_digest_run_killed_mid_mailing_sends_each_digest_once_when_run_again(tmp_path, encoder):
     data = tmp_path / "data"
     engine = _engine(data, encoder)

@@ -182,6 +182,7 @@ def _unstorable(text: str) -> bool:
 STORABLE = [t for t in INJECTIONS if not _unstorable(t)]
 
 
+@pytest.mark.slow
 def test_injection_like_and_unicode_strings(fuzzed):
     """Stored and matched as plain text (one bulk write and one batch match: the model embeds them once); NUL
     and half surrogate pairs, which no store keeps, are a 400 naming the field; in a path or a query, a 404/400."""
@@ -352,14 +353,14 @@ def test_k_batch_and_bulk_limits_are_400_naming_the_field(fuzzed):
 
 def test_the_rate_limit_is_429_json_with_retry_after(fuzzed):
     client = fuzzed.client
-    settings_ = fuzzed.engine.settings
-    fuzzed.engine.settings = dataclasses.replace(settings_, rate_burst=2)
+    settings_ = fuzzed.app.extensions["matcher.settings"]
+    fuzzed.app.extensions["matcher.settings"] = dataclasses.replace(settings_, rate_burst=2)
     try:
         secret, _ = KeyStore(fuzzed.engine.store).create(TENANT, "read", rate_limit=1)
         h = {"Authorization": f"Bearer {secret}"}
         answers = [client.get("/v1/organisations", headers=h) for _ in range(3)]
     finally:
-        fuzzed.engine.settings = settings_
+        fuzzed.app.extensions["matcher.settings"] = settings_
     assert [r.status_code for r in answers] == [200, 200, 429]
     conforms("get", "/v1/organisations", answers[-1])
     assert int(answers[-1].headers["Retry-After"]) >= 1 and answers[-1].get_json()["error"]["code"] == "rate_limited"
@@ -379,6 +380,7 @@ def assert_json_error(response, status: int | None = None) -> dict:
     return body["error"]
 
 
+@pytest.mark.slow
 @schema.parametrize()
 @FUZZ
 def test_every_operation_keeps_to_its_document(case, fuzzed):
@@ -388,6 +390,7 @@ def test_every_operation_keeps_to_its_document(case, fuzzed):
         assert_json_error(response)
 
 
+@pytest.mark.slow
 @keyless_schema.parametrize()
 @settings(FUZZ, max_examples=4)
 def test_bad_keys_are_401_or_403_json_on_every_operation(case, fuzzed):

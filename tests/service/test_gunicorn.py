@@ -13,6 +13,8 @@ import requests
 
 from tests.conftest import ORGS, ROOT, TEST_DB_URL, empty_db_url
 
+pytestmark = pytest.mark.slow  # every test here runs a real gunicorn
+
 BIN = os.path.dirname(sys.executable)
 
 

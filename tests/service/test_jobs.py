@@ -6,7 +6,9 @@ import pytest
 import requests
 from sqlalchemy import update
 
-from matcher.jobs import JobWorker
+from matcher.jobs import JobWorker, result, submit
+from matcher.records import RecordError
+from matcher.tables_io import read_table
 from models.enums import EntityKind
 from models.jobs import JobStore
 from models.schemas import MatchRequest
@@ -61,6 +63,22 @@ def test_unknown_job_is_404(client):
         assert r.status_code == 404 and r.get_json()["error"]["details"][0]["field"] == "id"
 
 
+def test_a_job_read_from_a_file_numbers_its_queries_by_their_lines(stocked, tmp_path):
+    """As the console queues an uploaded file: rows and errors name the file's lines, unreadable rows included."""
+    (tmp_path / "q.jsonl").write_text('{"text": "controllers that balance solar peaks"}\n\n{broken\n'
+                                      '{"organisation_id": "nobody"}\n{"organisation_id": "aquasense"}\n')
+    rows = list(read_table(tmp_path / "q.jsonl"))
+    good = [(line, r) for line, r in rows if not isinstance(r, RecordError)]
+    job = submit(stocked, {"queries": [r for _, r in good], "k": 2}, lines=[line for line, _ in good],
+                 unreadable=[r for _, r in rows if isinstance(r, RecordError)])
+    assert [(e["field"], e["line"]) for e in job["errors"]] == [("file", 3), ("queries[1].organisation_id", 4)]
+    assert job["errors"][0]["problem"].startswith("not valid JSON")
+    JobWorker(stocked).run_forever(once=True)
+    done = result(stocked, job["id"])
+    assert [(r["query_line"], r["rank"]) for r in done["rows"]] == [(1, 1), (1, 2), (5, 1), (5, 2)]
+    assert done["rows"][2]["query_id"] == "aquasense"
+
+
 def test_a_job_whose_worker_died_is_resumed_by_another(client, stocked):
     queries = [{"text": f"{o['description']} Case {i}."} for i in range(5) for o in ORGS]  # 35 queries, 3 chunks
     job_id = client.post("/v1/jobs/batch-match", json={"queries": queries, "k": 2}).get_json()["id"]
@@ -96,6 +114,7 @@ def _gunicorn(data, port, db_url, job_runner: str):
     return start_gunicorn(env, data / f"gunicorn-{job_runner}.log")
 
 
+@pytest.mark.slow
 def test_job_survives_a_restart_and_runs_in_the_masters_job_worker(tmp_path):
     """Queued while no job worker runs; gunicorn restarts with its job worker, which finishes the job."""
     data = tmp_path / "data"
