@@ -6,6 +6,8 @@
 # Settings are the MATCHER_* environment variables (see the README), e.g. -e MATCHER_WORKERS=4,
 # -e MATCHER_LOAD_DEMO=0 (the demo data is loaded into an empty store unless that is set),
 # -e MATCHER_DB_URL=postgresql+psycopg://... (the psycopg driver is in requirements.txt).
+# gunicorn may face clients directly: its workers (service/http_edge.py) read each request whole before a thread
+# serves it, so slow clients hold no thread (MATCHER_THREADS, MATCHER_READ_TIMEOUT); terminate TLS in front.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -15,18 +15,17 @@ with the same arguments skips what is done; the output is written, in input orde
 """
 from __future__ import annotations
 
-
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable
 
 from matcher.records import RecordError
 from matcher.text import entity_text
 from models.enums import EntityKind
-from models.schemas import InvalidInput, MatchRequest, parse, validate_entity
+from models.schemas import InvalidInput, MatchRequest, new_id, parse, validate_entity
 from models.store import NotFoundError
 
 COLUMNS = ["query_line", "query_id", "rank", "match_id", "match_name", "match_type", "match_country", "score", "explanation"]
@@ -48,7 +47,7 @@ class BatchPlan:
     read: int = 0
 
 
-def _query_of(record: dict, store) -> tuple[str, dict]:
+def _query_of(record: dict, store, strict: bool) -> tuple[str, dict]:
     """(query id, MatchQuery body) of one input record; raises InvalidInput naming the field."""
     given = {k: record[k] for k in QUERY_FIELDS if record.get(k) not in (None, "")}
     if given:
@@ -57,12 +56,12 @@ def _query_of(record: dict, store) -> tuple[str, dict]:
             raise InvalidInput([{"field": sorted(extra)[0], "problem": "unexpected beside text/challenge_id/organisation_id"}])
         query_id = record.get("id") or given.get("challenge_id") or given.get("organisation_id") or ""
         return str(query_id), given
-    if "title" in record:
-        doc = validate_entity(EntityKind.challenges, record)
-        return doc["id"], {"text": entity_text(EntityKind.challenges, doc)}
-    if "name" in record or "description" in record:
-        doc = validate_entity(EntityKind.organisations, record)
-        return doc["id"], {"text": entity_text(EntityKind.organisations, doc)}
+    kind = EntityKind.challenges if "title" in record else EntityKind.organisations if (
+        "name" in record or "description" in record) else None
+    if kind is not None:  # a whole profile; without an id, one derived from its content (the same output each run)
+        content = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+        doc = validate_entity(kind, {**record, "id": record.get("id") or new_id(kind, content)}, strict=strict)
+        return doc["id"], {"text": entity_text(kind, doc)}
     if set(record) == {"id"}:
         entity_id = str(record["id"])
         for kind, key in ((EntityKind.challenges, "challenge_id"), (EntityKind.organisations, "organisation_id")):
@@ -73,8 +72,9 @@ def _query_of(record: dict, store) -> tuple[str, dict]:
 
 
 def plan(records: Iterable[tuple[int, dict | RecordError]], store, *, target: str, k: int,
-         filters: dict | None = None, explain: bool = True) -> BatchPlan:
-    """Validate every query row; the good ones become MatchRequests, the bad ones errors with their line."""
+         filters: dict | None = None, explain: bool = True, strict: bool = False) -> BatchPlan:
+    """Validate every query row; the good ones become MatchRequests, the bad ones errors with their line.
+    Rows are read laxly (a CSV cell "2023" is a year); ``strict`` for queries sent in a JSON body."""
     result = BatchPlan()
     stored_ids: dict[EntityKind, list[tuple[int, str]]] = {EntityKind.challenges: [], EntityKind.organisations: []}
     for line, record in records:
@@ -83,13 +83,13 @@ def plan(records: Iterable[tuple[int, dict | RecordError]], store, *, target: st
             result.errors.append(record)
             continue
         try:
-            query_id, query = _query_of(record, store)
+            query_id, query = _query_of(record, store, strict)
             exclude = list((filters or {}).get("exclude_ids", []))
             if "text" in query and query_id and ("title" in record or "name" in record):
                 exclude.append(query_id)  # a profile is never matched with its stored self
             body = {"query": query, "target": target, "k": k, "explain": explain,
                     "filters": {**(filters or {}), "exclude_ids": exclude}}
-            request = parse(MatchRequest, body)
+            request = parse(MatchRequest, body, strict=strict)
         except InvalidInput as exc:
             result.errors.extend(RecordError(line, f"{d['field']}: {d['problem']}") for d in exc.details)
             continue
@@ -211,7 +211,7 @@ class Checkpoint:
         self.key = key
         self.done: dict[int, list | str] = {}
 
-    def open(self, restart: bool = False) -> "Checkpoint":
+    def open(self, restart: bool = False) -> Checkpoint:
         good = 0
         if self.path.exists() and not restart:
             with open(self.path, "rb") as fh:

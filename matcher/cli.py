@@ -15,6 +15,9 @@
     python -m matcher schedule --participants FILE --slots FILE --out DIR   brokerage-event meetings
     python -m matcher keys create --tenant T --scopes read,match   a new API key (shown once)
     python -m matcher keys revoke KEY_ID | keys list [--tenant T]
+    python -m matcher backup DIR                a consistent copy of the store while the service serves
+    python -m matcher restore DIR [--force]     replace the store with a backup; rebuild the index snapshots
+    python -m matcher tenant delete T           delete everything of one tenant (keys and snapshots included)
     python -m matcher settings [--markdown]     the settings in effect (or the README's table of them)
 
 Commands that read or write a tenant's data take --tenant (default MATCHER_DEFAULT_TENANT); reindex, status
@@ -103,6 +106,7 @@ def demo_key(engine) -> str:
     <data dir>/demo_key; made anew if that key was revoked."""
     import os
 
+    from models.files import private_dir, write_private
     from models.keys import KeyStore
 
     path, keys = demo_key_path(engine.settings), KeyStore(engine.store)
@@ -111,11 +115,8 @@ def demo_key(engine) -> str:
         if keys.verify(key) is not None:
             return key
     key, _ = keys.create(engine.tenant, "read,match,write,admin", label="demo key (make run)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".demo_key.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
+    tmp = private_dir(path.parent) / ".demo_key.tmp"
+    write_private(tmp, key + "\n")
     os.replace(tmp, path)
     return key
 
@@ -291,6 +292,61 @@ def cmd_settings(args) -> int:
     return 0
 
 
+def _kept_files(settings) -> dict:
+    """The files of the data dir a backup keeps beside the database: the key that signs unsubscribe links (so the
+    links already mailed keep working after a restore)."""
+    return {"secret_key": settings.data_dir / "secret_key"}
+
+
+def cmd_backup(args) -> int:
+    from matcher.settings import Settings
+    from models.backup import backup
+
+    settings = Settings.from_env()
+    manifest = backup(settings.db_url, args.dir, _kept_files(settings))
+    print(f"backed up the {manifest['database']} store to {args.dir}: {', '.join(sorted(manifest['sha256']))}")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    import shutil
+
+    from matcher.settings import Settings
+    from models.backup import restore
+
+    settings = Settings.from_env()
+    restore(settings.db_url, args.dir, _kept_files(settings), force=args.force)
+    shutil.rmtree(settings.index_dir, ignore_errors=True)  # snapshots are rebuilt from the restored store
+    engine = _engine()
+    for tenant_engine in engine.all_tenants():
+        tenant_engine.load_indexes()
+    status = engine.status_all()
+    print(f"restored {args.dir}: {status['indexed']['organisations']} organisations, {status['indexed']['challenges']} "
+          f"challenges in {status['tenants']} tenant(s); index snapshots rebuilt")
+    if any(status["stale_embeddings"].values()):
+        print(f"entities without an embedding of {status['model']}: {status['stale_embeddings']}; "
+              "run python -m matcher reindex")
+    return 0
+
+
+def cmd_tenant(args) -> int:
+    import shutil
+
+    from matcher.settings import Settings
+    from models.store import Store
+
+    settings = Settings.from_env()
+    store = Store(settings.db_url)
+    store.create_all()
+    if args.tenant not in store.tenant_ids():
+        raise NotFoundError("tenant", args.tenant)
+    counts = store.scoped(args.tenant).delete_tenant()
+    shutil.rmtree(settings.index_dir / args.tenant, ignore_errors=True)  # its snapshots (LiveIndex.snapshot_path)
+    print(f"deleted tenant {args.tenant}: " + (", ".join(f"{n} {table}" for table, n in sorted(counts.items())) or "no rows")
+          + "; its index snapshots removed")
+    return 0
+
+
 def cmd_worker(args) -> int:
     from matcher.jobs import JobWorker
 
@@ -403,6 +459,20 @@ def build_parser() -> argparse.ArgumentParser:
     k = keys.add_parser("list", help="every key's id, tenant, scopes and state (never the key)")
     k.add_argument("--tenant", help="only this tenant's keys")
     p.set_defaults(func=cmd_keys, input_errors=(ValueError,))  # models.keys.KeyRequestError
+
+    p = sub.add_parser("backup", help="a consistent copy of the store, taken while the service serves (snapshots are not copied)")
+    p.add_argument("dir", help="a new (or empty) folder for the backup")
+    p.set_defaults(func=cmd_backup, input_errors=(ValueError,))  # models.backup.BackupError
+    p = sub.add_parser("restore", help="replace the store with a backup and rebuild the index snapshots (stop the service first)")
+    p.add_argument("dir", help="a folder written by python -m matcher backup")
+    p.add_argument("--force", action="store_true", help="replace a store that exists")
+    p.set_defaults(func=cmd_restore, input_errors=(ValueError,))
+
+    p = sub.add_parser("tenant", help="delete a tenant")
+    tenant = p.add_subparsers(dest="tenant_command", required=True)
+    t = tenant.add_parser("delete", help="delete everything of one tenant: entities, change log, digests, jobs, keys, snapshots")
+    t.add_argument("tenant", type=_tenant)
+    t.set_defaults(func=cmd_tenant)
 
     p = sub.add_parser("settings", help="the settings in effect as JSON (secrets masked)")
     p.add_argument("--markdown", action="store_true", help="the table of every setting (the README's), instead")

@@ -1,15 +1,18 @@
 """Consortium builder: for a challenge, a few alternative teams that together cover what it needs.
 
 1. The challenge's **aspects** are the sentences of its description and its needs, each weighted by how
-   central it is to the whole challenge (cosine with the challenge vector).
+   central it is to the whole challenge (cosine with the challenge vector); budget, date, eligibility and
+   contact sentences (``matcher.text.is_administrative``) are no aspect any partner covers, and are left out.
 2. **Candidates** are the engine's matches for the challenge (``Engine.match``), plus, for each required
-   type group, the best matches of those types, plus the must-include organisations.
+   type group, the best matches of those types, plus the must-include organisations; with ``local_seats``,
+   the best matches within ``local_km`` of the challenge's city (``filters.near``), of each group too.
 3. A member **covers** an aspect as well as its closest sentence (or its whole profile) does.
 4. **Greedy marginal gain**: repeatedly add the candidate that most raises
    sum_aspects weight * best coverage in the team (a facility-location objective, submodular, so greedy is
    within 1 - 1/e of the best) + RELEVANCE * its match score - REDUNDANCY * its similarity to the closest
-   member already chosen. A required type group still unmet when as many seats are left as unmet groups
-   restricts the next pick to organisations of those types.
+   member already chosen. When no more seats are left than the team still lacks (required type groups,
+   ``local_seats`` members within ``local_km``, ``countries_min`` distinct countries), the next pick is among
+   the candidates that fill the most of those lacks.
 5. **Alternatives** leave out the members of earlier ones (except the must-include organisations).
 Each member gets a role (from its type) and why: the aspects it covers best in its team. The answer lists the
 challenge's aspects (``challenge_aspects``: text and weight) and, per member, how well it covers each of them
@@ -19,8 +22,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from matcher import places
 from matcher.encoder import matrix_from_bytes
-from matcher.text import entity_text, split_sentences
+from matcher.text import entity_text, is_administrative, split_sentences
 from models.enums import EntityKind
 from models.schemas import ConsortiumRequest, InvalidInput, MatchRequest, parse
 from models.store import NotFoundError
@@ -47,7 +51,8 @@ def parse_request(body) -> ConsortiumRequest:
 
 
 def _aspects(engine, request: ConsortiumRequest, challenge: dict | None) -> tuple[list[str], np.ndarray]:
-    """The challenge's aspects (sentences and needs) and their vectors."""
+    """The challenge's aspects (sentences and needs, not the administrative ones: ``text.is_administrative``)
+    and their vectors."""
     encoder = engine.encoder
     if challenge is not None:
         index = engine.indexes[EntityKind.challenges]
@@ -58,11 +63,14 @@ def _aspects(engine, request: ConsortiumRequest, challenge: dict | None) -> tupl
         else:
             sentences = split_sentences(challenge["description"])[:MAX_ASPECTS]
             vectors = encoder.encode_sentences(sentences) if sentences else np.zeros((0, encoder.dim), np.float32)
-        needs = challenge.get("needs") or []
-        if needs:
-            sentences, vectors = list(sentences) + list(needs), np.vstack([vectors, encoder.encode_sentences(needs)])
+        needs = [n for n in challenge.get("needs") or [] if not is_administrative(n)]
+        keep = [i for i, s in enumerate(sentences) if not is_administrative(s)]
+        sentences, vectors = [sentences[i] for i in keep], vectors[keep]
+        if needs or not sentences:  # a challenge of administrative sentences alone is read by its title
+            extra = needs or [challenge["title"]]
+            sentences, vectors = sentences + extra, np.vstack([vectors, encoder.encode_sentences(extra)])
     else:
-        sentences = split_sentences(request.text)[:MAX_ASPECTS] or [request.text]
+        sentences = [s for s in split_sentences(request.text) if not is_administrative(s)][:MAX_ASPECTS] or [request.text]
         vectors = encoder.encode_sentences(sentences)
     vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
     return list(sentences), vectors
@@ -77,13 +85,17 @@ def _challenge_vector(engine, request: ConsortiumRequest, challenge: dict | None
 
 
 def _candidates(engine, request: ConsortiumRequest, query: dict) -> dict[str, dict]:
-    """id -> match (id, name, type, country, score) from the engine, for the team to be chosen from: the best
-    matches overall and the best of each required type group, in one ``match_many`` (the text is encoded once)."""
-    def body(k, types=()):
+    """id -> match (id, name, type, country, score, distance_km) from the engine, for the team to be chosen from:
+    the best matches overall and the best of each required type group, and with ``local_seats`` the best within
+    ``local_km`` (of each group too), in one ``match_many`` (the text is encoded once)."""
+    def body(k, types=(), near=None):
         return MatchRequest.model_validate({"query": query, "k": k, "explain": False, "filters": {
-            "types": list(types), "countries": request.countries, "exclude_ids": request.exclude}})
+            "types": list(types), "countries": request.countries, "exclude_ids": request.exclude, "near": near}})
 
     requests = [body(min(100, max(40, request.size * 10)))] + [body(20, group) for group in request.required_types]
+    if request.local_seats:
+        near = {"challenge": request.challenge_id, "km": request.local_km}
+        requests += [body(20, near=near)] + [body(10, group, near) for group in request.required_types]
     pool: dict[str, dict] = {}
     for result in engine.match_many(requests):
         for m in result["matches"]:
@@ -94,6 +106,11 @@ def _candidates(engine, request: ConsortiumRequest, query: dict) -> dict[str, di
 def build(engine, request: ConsortiumRequest) -> dict:
     """Alternative consortia for the request, best first."""
     engine.sync()
+    with engine.live.lock:  # request threads: another thread's write applies its changes after this build
+        return _build(engine, request)
+
+
+def _build(engine, request: ConsortiumRequest) -> dict:
     challenge = None
     if request.challenge_id is not None:
         challenge = engine.store.get(EntityKind.challenges, request.challenge_id)
@@ -107,6 +124,7 @@ def build(engine, request: ConsortiumRequest) -> dict:
                for i, o in enumerate(request.must_include) if o not in orgs.num_of]
     details += [{"field": f"must_include[{i}]", "problem": "is also in exclude"}
                 for i, o in enumerate(request.must_include) if o in request.exclude]
+    details += _place_problems(engine, request, challenge)
     if details:
         raise InvalidInput(details)
 
@@ -121,6 +139,9 @@ def build(engine, request: ConsortiumRequest) -> dict:
             meta = orgs.meta[orgs.num_of[org_id]]
             pool[org_id] = {"id": org_id, "name": meta["name"], "type": meta.get("type"), "country": meta.get("country"),
                             "score": round(float(np.clip(orgs.vector(orgs.num_of[org_id]) @ query_vector, 0, 1)), 4)}
+            if challenge is not None:  # as far from the challenge as the engine's matches say theirs are
+                place, point = places.entity_point(engine.indexes[EntityKind.challenges], challenge), places.point_of(meta)
+                pool[org_id]["distance_km"] = round(places.distance_km(place, point), 1) if place and point else None
     ids = list(pool)
     vectors = np.vstack([orgs.vector(orgs.num_of[i]) for i in ids])
     coverage = np.clip(vectors @ aspect_vectors.T, 0, None)  # (candidates, aspects): the whole profile ...
@@ -146,20 +167,60 @@ def build(engine, request: ConsortiumRequest) -> dict:
             "challenge_aspects": [{"text": _short(a), "weight": round(float(w), 4)} for a, w in zip(aspects, weights)]}
 
 
+def _place_problems(engine, request: ConsortiumRequest, challenge: dict | None) -> list[dict]:
+    """What is wrong with the request's local_seats, local_km and countries_min, as error details."""
+    details = [{"field": field, "problem": f"is more than size ({request.size})"}
+               for field in ("local_seats", "countries_min") if getattr(request, field) > request.size]
+    if request.countries and request.countries_min > len(set(request.countries)):
+        details.append({"field": "countries_min", "problem": f"is more than the {len(set(request.countries))} countries "
+                                                              "that countries allows"})
+    if "local_km" in request.model_fields_set and not request.local_seats:
+        details.append({"field": "local_km", "problem": "applies with local_seats only"})
+    if request.local_seats and challenge is None:
+        details.append({"field": "local_seats", "problem": "needs a stored challenge (challenge_id), whose city is the place"})
+    elif request.local_seats and places.entity_point(engine.indexes[EntityKind.challenges], challenge) is None:
+        details.append({"field": "local_seats", "problem": places.unknown_place("challenge", challenge)})
+    return details
+
+
 def _groups_met(request, types: list[str]) -> list[bool]:
     return [any(t in group for t in types) for group in request.required_types]
+
+
+def _is_local(request, member: dict) -> bool:
+    return member.get("distance_km") is not None and member["distance_km"] <= request.local_km
+
+
+def _lacking(request, members: list[dict]) -> tuple[list[list[str]], int, int]:
+    """What a team still lacks: the required type groups it has no member of, its local members and countries short."""
+    groups = [g for g, ok in zip(request.required_types, _groups_met(request, [m["type"] for m in members])) if not ok]
+    local = max(0, request.local_seats - sum(_is_local(request, m) for m in members))
+    countries = max(0, request.countries_min - len({m["country"] for m in members if m.get("country")}))
+    return groups, local, countries
+
+
+def _fills(request, member: dict, lacking: tuple[list[list[str]], int, int], countries: set[str]) -> int:
+    """How many of the team's lacks ``member`` would fill."""
+    groups, local, more_countries = lacking
+    return (sum(member["type"] in g for g in groups) + bool(local and _is_local(request, member))
+            + bool(more_countries and member.get("country") and member["country"] not in countries))
 
 
 def _greedy(request, ids, pool, allowed, coverage, weights, relevance, similarity) -> list[int]:
     team = [ids.index(o) for o in request.must_include]
     best = coverage[team].max(axis=0) if team else np.zeros(coverage.shape[1], np.float32)
     while len(team) < request.size:
-        met = _groups_met(request, [pool[ids[r]]["type"] for r in team])
-        unmet = [g for g, ok in zip(request.required_types, met) if not ok]
+        members = [pool[ids[r]] for r in team]
+        lacking = _lacking(request, members)
         seats = request.size - len(team)
         choices = [r for r in allowed if r not in team]
-        if unmet and seats <= len(unmet):  # the last seats go to the required types still missing, if any is left
-            choices = [r for r in choices if any(pool[ids[r]]["type"] in g for g in unmet)] or choices
+        if 0 < len(lacking[0]) + lacking[1] + lacking[2] >= seats:
+            # The last seats go to what the team still lacks (types, local members, countries), to the candidates
+            # that fill the most of it, if any does.
+            countries = {m.get("country") for m in members}
+            fills = {r: _fills(request, pool[ids[r]], lacking, countries) for r in choices}
+            most = max(fills.values(), default=0)
+            choices = [r for r in choices if fills[r] == most] if most else choices
         if not choices:
             break
         rows = np.array(choices)
@@ -192,17 +253,23 @@ def _describe(request, ids, pool, team, coverage, weights, aspects) -> dict:
         met = [", ".join(g) for g in request.required_types if m["type"] in g]
         if met:
             why.append(f"fills the required type {met[0].replace('_', ' ')}")
+        if request.local_seats and _is_local(request, m):
+            why.append(f"local: {places.distance_words(m['distance_km'])}")
         if m["id"] in request.must_include:
             why.append("must be included")
         members.append({"id": m["id"], "name": m["name"], "type": m["type"], "country": m.get("country"),
                         "score": m["score"], "role": role, "covers": covers, "why": "; ".join(why) + ".",
-                        "aspect_coverage": [round(float(c), 4) for c in team_cov[pos]]})
+                        "aspect_coverage": [round(float(c), 4) for c in team_cov[pos]],
+                        **({"distance_km": m["distance_km"]} if "distance_km" in m else {})})
+    missing_types, missing_local, missing_countries = _lacking(request, [pool[ids[r]] for r in team])
     return {
         "members": members,
         "coverage": round(covered, 4),
         "types": sorted(set(types)),
         "countries": sorted({m["country"] for m in members if m.get("country")}),
-        "missing_types": [group for group, ok in zip(request.required_types, _groups_met(request, types)) if not ok],
+        "missing_types": missing_types,
+        "missing_local_seats": missing_local,
+        "missing_countries": missing_countries,
     }
 
 

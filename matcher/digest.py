@@ -67,7 +67,7 @@ class Item:
     title: str
     who: str  # who posted it / what kind of organisation, and where
     score: float
-    score_words: str
+    score_words: str  # "Strong match (0.25)": ``explain.score_phrase``, the wording of the API and the console
     reason: str
     url: str
     deadline: str | None = None
@@ -127,7 +127,7 @@ class Composer:
     def __init__(self, engine, *, since: dt.timedelta | None = None, now: dt.datetime | None = None):
         self.engine = engine
         self.settings = engine.settings
-        self.now = now or dt.datetime.now(dt.timezone.utc)
+        self.now = now or dt.datetime.now(dt.UTC)
         self.since = since
         self.challenges = {c["id"]: c for c in engine.store.list(EntityKind.challenges, limit=10**9)}
         self.env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
@@ -157,7 +157,7 @@ class Composer:
                 exclude, k = exclude[-_MAX_EXCLUDE:], MAX_K
             requests.append(MatchRequest.model_validate({
                 "query": {"organisation_id": org["id"]}, "target": kind.value,
-                "k": k, "filters": {"status": "open", "exclude_ids": exclude}, "explain": True}))
+                "k": k, "filters": {"exclude_ids": exclude}, "explain": True}))  # challenges: open ones only
         items: list[Item] = []
         for request, result in zip(requests, self.engine.match_many(requests)):
             kind = request.target  # a str: the schemas keep enum values
@@ -187,7 +187,7 @@ class Composer:
             who = ", ".join(p for p in (label[:1].upper() + label[1:], _place(doc)) if p)
             title = doc["name"]
         return Item(kind=kind, id=doc["id"], title=title, who=who, score=match["score"],
-                    score_words=explain.score_words(match["score"]).capitalize(),
+                    score_words=explain.score_phrase(match["score"]),
                     reason=reason(kind, match.get("explanation")),
                     url=f"{base}/{kind}/{quote(doc['id'], safe='')}",
                     deadline=_deadline_words(doc.get("deadline")) if kind == EntityKind.challenges.value else None)

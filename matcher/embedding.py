@@ -12,10 +12,11 @@ import logging
 import threading
 from collections import OrderedDict
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 
-from matcher.encoder import Encoder, matrix_to_bytes, to_bytes
+from matcher.encoder import Encoder, default_model_path, matrix_from_bytes, matrix_to_bytes, model_fingerprint, to_bytes
 from matcher.past_work import distinct_titles
 from matcher.settings import Settings
 from matcher.text import entity_text, text_hash
@@ -31,10 +32,16 @@ EXPLAIN_SENTENCES = 40  # description sentences kept per profile, for explanatio
 
 
 class SharedModel:
-    """The encoder of one process, shared by every tenant's engine: loaded on first use, once."""
+    """The encoder of one process, shared by every tenant's engine: loaded on first use, once.
+
+    Its name (the fingerprint stored embeddings and snapshots are checked against) is known without loading it,
+    and its dimension once it is loaded or a snapshot of its vectors was read: a query for a stored id, whose
+    vectors are all stored, never loads the model (a one-off command answers in a second or two)."""
 
     def __init__(self, encoder: Encoder | None = None):
         self.encoder = encoder  # None until loaded
+        self._name = encoder.name if encoder is not None else None
+        self.dim = encoder.dim if encoder is not None else None
         self._lock = threading.Lock()
 
     def get(self, settings: Settings) -> Encoder:
@@ -42,7 +49,14 @@ class SharedModel:
             with self._lock:
                 if self.encoder is None:
                     self.encoder = Encoder(settings.model, batch_size=settings.encode_batch_size)
+                    self._name, self.dim = self.encoder.name, self.encoder.dim
         return self.encoder
+
+    def name(self, settings: Settings) -> str:
+        if self._name is None:
+            path = settings.model or default_model_path()
+            self._name = model_fingerprint(path) if Path(path).is_dir() else self.get(settings).name
+        return self._name
 
 
 class Embedder:
@@ -53,32 +67,57 @@ class Embedder:
         self.store = store
         self.model = model
         self._sentences: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._sentences_lock = threading.Lock()  # request threads share the cache
 
     @property
     def encoder(self) -> Encoder:
         return self.model.get(self.settings)
 
+    @property
+    def model_name(self) -> str:
+        """The model's fingerprint, without loading it."""
+        return self.model.name(self.settings)
+
+    @property
+    def dim(self) -> int:
+        """The model's dimension (loading it when no snapshot of its vectors has told it)."""
+        return self.model.dim or self.encoder.dim
+
     def sentence_vectors(self, sentences: list[str]) -> np.ndarray:
         """Vectors of sentences embedded alone (for rows stored without sentence vectors), cached per process."""
         if not sentences:
             return np.zeros((0, self.encoder.dim), np.float32)
-        missing = [s for s in dict.fromkeys(sentences) if s not in self._sentences]
+        with self._sentences_lock:  # held only to read and update the cache: another thread embeds meanwhile
+            known = {s: self._sentences[s] for s in dict.fromkeys(sentences) if s in self._sentences}
+        missing = [s for s in dict.fromkeys(sentences) if s not in known]
         if missing:
-            self._sentences.update(zip(missing, self.encoder.encode_sentences(missing)))
-        result = np.vstack([self._sentences[s] for s in sentences])
-        for s in sentences:
-            self._sentences.move_to_end(s)
-        while len(self._sentences) > _SENTENCE_CACHE:  # evict only after this request has what it needs
-            self._sentences.popitem(last=False)
-        return result
+            known.update(zip(missing, self.encoder.encode_sentences(missing)))
+        with self._sentences_lock:
+            for s in sentences:
+                self._sentences[s] = known[s]
+                self._sentences.move_to_end(s)
+            while len(self._sentences) > _SENTENCE_CACHE:
+                self._sentences.popitem(last=False)
+        return np.vstack([known[s] for s in sentences])
 
     def forget_sentences(self) -> None:
         """Drop the cache (sentences are cached by their text: keep none of a deleted row's)."""
-        self._sentences.clear()
+        with self._sentences_lock:
+            self._sentences.clear()
 
-    def project_vectors(self, doc: dict) -> bytes | None:
-        titles = distinct_titles(doc)
+    def project_vectors(self, doc: dict, kind: EntityKind = EntityKind.organisations) -> bytes | None:
+        """The titles stored embedded alone with a document: an organisation's past project titles; a challenge's
+        own title (what past work is compared with when it is the query)."""
+        titles = distinct_titles(doc) if kind is EntityKind.organisations else [t for t in [doc.get("title", "").strip()] if t]
         return matrix_to_bytes(self.sentence_vectors(titles)) if titles else None
+
+    def stored_title_vector(self, doc: dict) -> np.ndarray | None:
+        """A stored challenge's title vector, as written with it (None when it was stored without one)."""
+        record = self.store.embeddings_of(EntityKind.challenges, [doc["id"]]).get(doc["id"])
+        if (record is None or record.project_vectors is None or record.model != self.model_name
+                or record.text_hash != text_hash(entity_text(EntityKind.challenges, doc))):
+            return None
+        return matrix_from_bytes(record.project_vectors, self.dim)[0]
 
     def for_write(self, kind: EntityKind, docs: list[dict], progress=None) -> list[EmbeddingRecord]:
         """Embeddings for documents, reusing the stored one wherever the text and model are unchanged."""
@@ -99,7 +138,8 @@ class Embedder:
         with self.encoder.threads(self.settings.bulk_torch_threads) if large else nullcontext():
             fresh = self.records([docs[i] for i in todo], [texts[i] for i in todo], progress)
             for i, record in zip(todo, fresh):
-                records[i] = record
+                records[i] = record if kind is EntityKind.organisations else dataclasses.replace(
+                    record, project_vectors=self.project_vectors(docs[i], kind))
             if kind is EntityKind.organisations:
                 # Past project titles, embedded alone and cached by text: a title many profiles share costs once.
                 self.sentence_vectors(list(dict.fromkeys(t for d in docs for t in distinct_titles(d)))[:_SENTENCE_CACHE])

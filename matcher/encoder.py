@@ -7,9 +7,11 @@ product is cosine similarity.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +56,40 @@ class Window:
     pieces: list[tuple[str, int]]
 
 
+class _FairLock:
+    """A lock taken in the order it was asked for: a thread that releases it and asks again (a long write, between
+    its batches) queues behind the threads already waiting (a short query), where a plain lock would starve them."""
+
+    def __init__(self):
+        self._turn = threading.Condition()
+        self._next = self._serving = 0
+
+    def __enter__(self):
+        with self._turn:
+            ticket, self._next = self._next, self._next + 1
+            self._turn.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *exc):
+        with self._turn:
+            self._serving += 1
+            self._turn.notify_all()
+
+
+def _serialised(method):
+    """Run ``method`` holding the encoder's lock: the fast tokenizer refuses to be used by two threads at once
+    ("Already borrowed"), and one model run at a time per process is also the fastest on few cores. The model
+    runs a batch at a time under it (``_batches``), so a short query waits for one batch of a long write, not all."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class Encoder:
-    """Embeds texts as unit vectors (float32)."""
+    """Embeds texts as unit vectors (float32). Safe to share between threads (one runs the model at a time)."""
 
     def __init__(self, model: str = "", batch_size: int = 32, device: str = "cpu"):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -77,6 +111,7 @@ class Encoder:
         # Word pieces per window, leaving room for the [CLS]/[SEP] tokens the model adds.
         self.window = int(self.model.max_seq_length) - 2
         self.tokenizer = self.model.tokenizer
+        self._lock = _FairLock()  # never taken twice by one thread: token_count and _batches hold it alone
 
     @contextmanager
     def threads(self, count: int):
@@ -94,20 +129,24 @@ class Encoder:
         finally:
             torch.set_num_threads(previous)
 
+    @_serialised
     def token_count(self, texts: list[str]) -> list[int]:
         encoded = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         return [len(ids) for ids in encoded]
 
+    def _batches(self, texts: list[str], **options) -> list:
+        """``model.encode`` a batch at a time, holding the lock for one batch only: threads take turns."""
+        out = []
+        for start in range(0, len(texts), self.batch_size):
+            with self._lock:
+                out.append(self.model.encode(texts[start : start + self.batch_size], batch_size=self.batch_size,
+                                             show_progress_bar=False, **options))
+        return out
+
     def _raw(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(
-            texts,
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        vectors = np.vstack(self._batches(texts, normalize_embeddings=True, convert_to_numpy=True))
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def _pieces(self, text: str) -> list[tuple[str, int]]:
@@ -171,9 +210,7 @@ class Encoder:
             plan.append(rows)
         sentence_rows: list[list[tuple[str, np.ndarray]]] = [[] for _ in flat]
         if with_sentences:
-            outputs = self.model.encode(
-                [w.text for w in flat], batch_size=self.batch_size, output_value=None, show_progress_bar=False
-            )
+            outputs = [o for batch in self._batches([w.text for w in flat], output_value=None) for o in batch]
             vectors = np.vstack([o["sentence_embedding"].float().cpu().numpy() for o in outputs])
             vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
             for i, (window, out) in enumerate(zip(flat, outputs)):

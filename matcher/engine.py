@@ -12,6 +12,7 @@ database connections; so a match can only ever rank the asking tenant's organisa
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -24,8 +25,9 @@ from matcher.ranker import DEFAULT_PATH as DEFAULT_RANKER, Ranker
 from matcher.settings import Settings
 from models.enums import EntityKind
 from models.errors import InvalidInput, NotFoundError
+from models.files import make_private, private_dir
 from models.schemas import MatchRequest, validate_entities, validate_entity
-from models.store import Store, check_tenant
+from models.store import Store, check_precondition, check_tenant
 
 
 class _Family:
@@ -43,7 +45,7 @@ class Engine:
         self.settings = settings
         self.tenant = tenant or settings.default_tenant
         if store is None and settings.db_url.startswith("sqlite:///"):
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(settings.data_dir)
         self.store = (store or Store(settings.db_url)).scoped(self.tenant)
         self._family = _family or _Family(encoder)
         self._family.engines.setdefault(self.tenant, self)
@@ -69,7 +71,8 @@ class Engine:
         return self._ranker
 
     def open(self) -> Engine:
-        """Create the tables if needed."""
+        """Create the tables if needed; leave the data dir private (0700, its files 0600), older files too."""
+        make_private(self.settings.data_dir)
         self.store.create_all()
         return self
 
@@ -151,21 +154,24 @@ class Engine:
             ]
             raise InvalidInput(details, "owner_id names an organisation that is not stored; nothing was written")
 
-    def write(self, kind: EntityKind, docs: list[dict], *, create_only=False, single=False, progress=None) -> list[dict]:
-        """Embed and store validated documents in one transaction, then bring this process's index up to date."""
+    def write(self, kind: EntityKind, docs: list[dict], *, create_only=False, single=False, progress=None,
+              on_write=None, if_match=None) -> list[dict]:
+        """Embed and store validated documents in one transaction, then bring this process's index up to date.
+        ``on_write`` and ``if_match``: see Store.upsert."""
         if kind is EntityKind.challenges:
             self._check_owners(docs, single)
         records = self.embedder.for_write(kind, docs, progress)
-        stored = self.store.upsert(kind, list(zip(docs, records)), create_only=create_only)
+        stored = self.store.upsert(kind, list(zip(docs, records)), create_only=create_only, on_write=on_write,
+                                   if_match=if_match)
         self.sync()
         return stored
 
-    def create(self, kind: EntityKind, data) -> dict:
+    def create(self, kind: EntityKind, data, on_write=None) -> dict:
         doc = validate_entity(kind, data)
-        return self.write(kind, [doc], create_only=True, single=True)[0]
+        return self.write(kind, [doc], create_only=True, single=True, on_write=on_write)[0]
 
-    def upsert_many(self, kind: EntityKind, items: list) -> list[dict]:
-        return self.write(kind, validate_entities(kind, items))
+    def upsert_many(self, kind: EntityKind, items: list, on_write=None) -> list[dict]:
+        return self.write(kind, validate_entities(kind, items), on_write=on_write)
 
     def get(self, kind: EntityKind, entity_id: str) -> dict:
         doc = self.store.get(kind, entity_id)
@@ -173,23 +179,27 @@ class Engine:
             raise NotFoundError(kind, entity_id)
         return doc
 
-    def replace(self, kind: EntityKind, entity_id: str, data) -> dict:
-        self.get(kind, entity_id)
+    def replace(self, kind: EntityKind, entity_id: str, data, if_match=None) -> dict:
+        """Replace a stored entity; ``if_match``: the ETags it must have (models.store.check_precondition), checked
+        before the work of embedding and again in the write's transaction."""
+        check_precondition(kind, entity_id, self.get(kind, entity_id), if_match)
         doc = validate_entity(kind, data, entity_id=entity_id)
-        return self.write(kind, [doc], single=True)[0]
+        return self.write(kind, [doc], single=True, if_match=if_match)[0]
 
-    def patch(self, kind: EntityKind, entity_id: str, changes) -> dict:
-        """Merge the given top-level fields into the stored entity (null removes an optional one)."""
+    def patch(self, kind: EntityKind, entity_id: str, changes, if_match=None) -> dict:
+        """Merge the given top-level fields into the stored entity (null removes an optional one); ``if_match``:
+        see ``replace``."""
         current = self.get(kind, entity_id)
+        check_precondition(kind, entity_id, current, if_match)
         if not isinstance(changes, dict):
             raise InvalidInput([{"field": "body", "problem": "must be a JSON object"}])
         merged = {k: v for k, v in current.items() if k not in ("created_at", "updated_at")}
         merged.update(changes)
         merged = {k: v for k, v in merged.items() if v is not None}
         doc = validate_entity(kind, merged, entity_id=entity_id)
-        return self.write(kind, [doc], single=True)[0]
+        return self.write(kind, [doc], single=True, if_match=if_match)[0]
 
-    def delete(self, kind: EntityKind, entity_id: str) -> None:
+    def delete(self, kind: EntityKind, entity_id: str, if_match=None) -> None:
         """Delete an entity and erase it everywhere this service keeps it (the right to erasure): the store
         (its row, its digest log, mentions in other digests and job results, its id in the change log), this
         process's indexes and caches, and the index snapshots on disk, rewritten at once. Other processes drop
@@ -197,7 +207,7 @@ class Engine:
         on_delete = None
         if kind is EntityKind.organisations:
             on_delete = lambda conn, seq: self.store.detach_owner(conn, seq, entity_id)  # noqa: E731
-        if not self.store.delete(kind, entity_id, on_delete=on_delete):
+        if not self.store.delete(kind, entity_id, on_delete=on_delete, if_match=if_match):
             raise NotFoundError(kind, entity_id)
         self.sync()  # its replay drops the row from the indexes and forgets the sentence cache
         self.save_snapshots()
@@ -213,10 +223,14 @@ class Engine:
 
     # --- matching (``matcher.matching``) --------------------------------------------------------------
 
-    def match(self, request: MatchRequest) -> dict:
-        return self.match_many([request])[0]
+    def match(self, request: MatchRequest, started: float | None = None) -> dict:
+        return self.match_many([request], started=started)[0]
 
-    def match_many(self, requests: list[MatchRequest], text_vectors: dict[str, np.ndarray] | None = None) -> list[dict]:
-        """Ranked, explained matches for each request, best first (``text_vectors``: query embeddings known already)."""
+    def match_many(self, requests: list[MatchRequest], text_vectors: dict[str, np.ndarray] | None = None,
+                   started: float | None = None) -> list[dict]:
+        """Ranked, explained matches for each request, best first (``text_vectors``: query embeddings known already).
+        ``took_ms`` counts from ``started`` (``time.perf_counter()`` when the caller took the request), else from
+        here: the index sync, encoding the queries, ranking and explaining (``Matcher.match_many``)."""
+        started = time.perf_counter() if started is None else started
         self.sync()
-        return Matcher(self.live, self.embedder, self.ranker).match_many(requests, text_vectors)
+        return Matcher(self.live, self.embedder, self.ranker).match_many(requests, text_vectors, started)

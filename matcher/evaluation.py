@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -28,6 +29,7 @@ from matcher.lexical import LexicalIndex
 from matcher.settings import Settings
 from matcher.text import entity_text, text_hash
 from models.enums import EntityKind
+from models.files import open_private, private_dir, write_private
 from models.schemas import MatchRequest
 
 ORGS = EntityKind.organisations
@@ -99,7 +101,7 @@ def open_pool_engine(pool_path: Path, pool: list[dict] | None = None, settings: 
         name = f"{name}-{variant}"
     data_dir = settings.data_dir / "eval" / (f"{name}-{digest[:10]}" if sample else name)
     eval_settings = dataclasses.replace(settings, data_dir=data_dir, db_url=f"sqlite:///{data_dir / 'matcher.db'}")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     engine = Engine(eval_settings).open()
     marker = data_dir / "pool.sha256"
     if not marker.exists() or marker.read_text().strip() != digest:
@@ -109,14 +111,14 @@ def open_pool_engine(pool_path: Path, pool: list[dict] | None = None, settings: 
         for entity_id in extra:
             engine.store.delete(ORGS, entity_id)
         tmp = data_dir / "pool.import.jsonl"
-        tmp.write_text("".join(json.dumps(p) + "\n" for p in pool))
+        write_private(tmp, "".join(json.dumps(p) + "\n" for p in pool))
         print(f"importing {len(pool)} organisations ({len(stored)} stored already; unchanged texts keep their embeddings)",
               file=sys.stderr)
         report = import_file(engine, ORGS, tmp, progress=progress)
         tmp.unlink()
         if report.errors:
             raise ValueError(f"the pool has invalid records, e.g. {report.errors[0]}")
-        marker.write_text(digest + "\n")
+        write_private(marker, digest + "\n")
     engine.load_indexes()
     return engine
 
@@ -135,7 +137,8 @@ def query_vectors(engine, texts: list[str], progress: bool = True) -> dict[str, 
             for text, vector in zip(todo, engine.encoder.encode(todo)):
                 cache[text_hash(text)] = vector
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **cache)
+        with os.fdopen(open_private(tmp), "wb") as fh:
+            np.savez(fh, **cache)
         tmp.replace(path)
     return {t: cache[text_hash(t)] for t in texts}
 

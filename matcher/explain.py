@@ -13,9 +13,10 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from matcher.features import REGISTRY
+from matcher.stop_words import ENGLISH_STOP_WORDS
+from matcher.text import is_administrative
 
 _WORD = re.compile(r"[a-zà-öø-ÿ][a-zà-öø-ÿ0-9\-]{2,}")
 # Words so common in profiles that sharing them says nothing.
@@ -68,11 +69,13 @@ def phrase_overlap(wanted: list[str], offered: list[str]) -> list[str]:
 
 
 def closest_sentence(query: np.ndarray, sentences: list[str], vectors: np.ndarray) -> tuple[str, float] | None:
-    if not sentences:
+    """The sentence closest to the query, never an administrative one (budget, dates, eligibility, contact)."""
+    keep = [i for i, s in enumerate(sentences) if not is_administrative(s)]
+    if not keep:
         return None
-    sims = vectors @ query
+    sims = vectors[keep] @ query
     best = int(np.argmax(sims))
-    return sentences[best], float(sims[best])
+    return sentences[keep[best]], float(sims[best])
 
 
 def type_label(org_type: str) -> str:
@@ -141,24 +144,36 @@ def related_projects(query: np.ndarray, query_terms: dict[str, str], projects: l
     return out
 
 
+# The score in words, for every place that shows one (API explanations, digests, the console, exports): each
+# band's lower bound, as the README documents them.
+SCORE_BANDS = ((0.50, "very strong match"), (0.25, "strong match"), (0.10, "good match"), (0.03, "possible match"),
+               (0.0, "weak match"))
+
+
+def score_number(score: float) -> str:
+    """The score as a person reads it: two decimals, three below 0.10 (0.005 is not 0.00)."""
+    return f"{score:.2f}" if round(score, 2) >= 0.10 else f"{score:.3f}"
+
+
 def score_words(score: float) -> str:
-    """The score in words; the same bands the README documents."""
-    if score >= 0.50:
-        return "very strong match"
-    if score >= 0.25:
-        return "strong match"
-    if score >= 0.10:
-        return "good match"
-    if score >= 0.03:
-        return "possible match"
-    return "weak match"
+    """The band of the score as ``score_number`` shows it, so words and number never disagree (0.2465 shows
+    as 0.25, a strong match)."""
+    shown = float(score_number(score))
+    return next(words for low, words in SCORE_BANDS if shown >= low)
+
+
+def score_phrase(score: float) -> str:
+    """"Strong match (0.25)": the band and the number, the one wording of a score."""
+    return f"{score_words(score).capitalize()} ({score_number(score)})"
 
 
 def summary(score: float, *, signals: dict[str, float], shared: list[str], sectors: list[str], offers: list[str],
-            type_fit: str | None, projects: list[dict], worked_with: list[str], has_past_projects: bool = True) -> str:
-    """One line: the score in words, then the reasons that ranked it, strongest first. Without past projects,
-    similar past work is read from the profile's own sentences, and the summary says so."""
-    parts = [f"{score_words(score).capitalize()} ({score:.2f})"]
+            type_fit: str | None, projects: list[dict], worked_with: list[str], has_past_projects: bool = True,
+            distance: str | None = None) -> str:
+    """One line: the score in words, then the reasons that ranked it, strongest first, and how far away the match
+    is (``distance``: "same city", "12 km away"). Without past projects, similar past work is read from the
+    profile's own sentences, and the summary says so."""
+    parts = [score_phrase(score)]
     example = f"past project '{projects[0]['title']}'" if projects else None
     for name, weight in signals.items():
         if weight <= 0:
@@ -182,4 +197,6 @@ def summary(score: float, *, signals: dict[str, float], shared: list[str], secto
         parts.append("shares the sector" + ("s " if len(sectors) > 1 else " ") + ", ".join(sectors))
     if len(parts) == 1 and shared:
         parts.append("both mention " + ", ".join(shared[:5]))
+    if distance:
+        parts.append(distance)
     return parts[0] + (": " + "; ".join(parts[1:]) if len(parts) > 1 else "") + "."

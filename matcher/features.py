@@ -27,6 +27,11 @@ class Signals:
     best_sentence: np.ndarray  # best cosine of the query with one profile sentence (dense without sentences)
     bm25: np.ndarray  # raw BM25 score
     past_work: np.ndarray  # log of the past-work kernel mass (``matcher.past_work``)
+    # The query's references, from its unfiltered retrieval (``hybrid.gather``), so that no filter or k moves
+    # a candidate's relative signals: the best dense, BM25 and past_work values.
+    top_dense: float
+    top_bm25: float
+    top_past_work: float
     records: TrackRecords | None = None  # organisations' track records (the full model only)
     linked: dict[int, float] = field(default_factory=dict)  # num -> strong text matches it has worked with
 
@@ -45,9 +50,8 @@ class Feature:
     track_record: bool = False  # needs a track record: read by the full model only, 0 for the text model
 
 
-def relative(values: np.ndarray) -> np.ndarray:
-    """Values over the largest one (all zero when none is positive)."""
-    top = float(values.max()) if len(values) else 0.0
+def relative(values: np.ndarray, top: float) -> np.ndarray:
+    """Values over the reference ``top`` (all zero when it is not positive)."""
     return values / top if top > 0 else np.zeros_like(values)
 
 
@@ -61,12 +65,12 @@ def _track(name: str) -> Callable[[Signals], list[float]]:
 
 REGISTRY: tuple[Feature, ...] = (
     Feature("dense", "cosine of the query and profile embeddings", "meaning", lambda s: s.dense),
-    Feature("dense_gap", "dense minus the best dense among this query's candidates (<= 0)", "meaning",
-            lambda s: s.dense - s.dense.max()),
+    Feature("dense_gap", "dense minus the best dense of this query's unfiltered retrieval (<= 0)", "meaning",
+            lambda s: s.dense - s.top_dense),
     Feature("best_sentence", "best cosine of the query with one sentence of the profile (e.g. a past project title)",
             "meaning", lambda s: s.best_sentence),
-    Feature("bm25", "BM25 over the best BM25 among this query's candidates, in [0, 1]", "key_terms",
-            lambda s: relative(s.bm25)),
+    Feature("bm25", "BM25 over the best BM25 of this query's unfiltered retrieval, in [0, 1]", "key_terms",
+            lambda s: relative(s.bm25, s.top_bm25)),
     Feature("projects", "log(1 + past projects)", "track_record", _track("projects"), True),
     Feature("coordinated", "log(1 + projects coordinated)", "track_record", _track("coordinated"), True),
     Feature("partners", "log(1 + distinct partners)", "track_record", _track("partners"), True),
@@ -76,8 +80,8 @@ REGISTRY: tuple[Feature, ...] = (
             "worked_with_matches", lambda s: [log1p(s.linked.get(n, 0.0)) for n in s.nums], True),
     Feature("past_work", "log of the kernel mass of the query's title over past project titles and profile sentences",
             "similar_past_work", lambda s: s.past_work),
-    Feature("past_work_gap", "past_work minus the best past_work among this query's candidates (<= 0)",
-            "similar_past_work", lambda s: s.past_work - s.past_work.max()),
+    Feature("past_work_gap", "past_work minus the best past_work of this query's unfiltered retrieval (<= 0)",
+            "similar_past_work", lambda s: s.past_work - s.top_past_work),
 )
 FEATURES = tuple(f.name for f in REGISTRY)  # column order
 TEXT_FEATURES = tuple(f.name for f in REGISTRY if not f.track_record)  # what the text model may read

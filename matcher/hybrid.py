@@ -8,6 +8,7 @@ The same function ranks for the service, the evaluation command and the ranker's
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -81,74 +82,90 @@ def past_work_vector(query_vector: np.ndarray, title_vector: np.ndarray | None) 
     return query_vector if title_vector is None else title_vector
 
 
+def _within(nums: np.ndarray, scores: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if allowed is None or not len(nums):
+        return nums, scores
+    mask = np.isin(nums, allowed)
+    return nums[mask], scores[mask]
+
+
 def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filter, depth: int, n_seeds: int,
-           title_vector: np.ndarray | None = None) -> Candidates:
+           title_vector: np.ndarray | None = None, *, base: Filter | None = None, k: int = 0) -> Candidates:
     """Candidates passing the filter, from the four retrievers, with every ranking signal.
 
+    A candidate's signals never depend on the filter or on k, so neither does its score: the per-query
+    references (the best dense and BM25 scores, the best past work, the strongest text matches whose partners
+    count) come from the retrieval under ``base`` alone (the query's own exclusions: itself, a challenge's
+    owner; none by default) at the ranker's ``depth``; the candidates from the retrieval under ``flt`` (which
+    holds ``base``) at max(depth, k).
     ``title_vector``: the query's title embedded alone (``matcher.text.query_title``), which the past-work
     signal compares with past project titles (title to title); the whole query's vector when it has none."""
+    base = base or Filter()
     work_vector = past_work_vector(query_vector, title_vector)
     index = corpus.vectors
-    allowed = index.allowed(flt)
-    dense_hits = index.search(query_vector[None, :], depth, allowed=allowed)[0]
-    nums, bm25 = corpus.lexical.scores(query_text)
-    if allowed is not None:
-        mask = np.isin(nums, allowed)
-        nums, bm25 = nums[mask], bm25[mask]
-    lexical_top = _top(nums, bm25, depth)
-    bm25_of = dict(zip(nums.tolist(), bm25.tolist())) if len(nums) else {}
-
-    # Seeds: the strongest text matches by reciprocal rank fusion of the two retrievers.
-    seeds = reciprocal_rank_fusion([[n for n, _ in dense_hits], lexical_top])[:n_seeds]
-
+    lexical_nums, lexical_scores = corpus.lexical.scores(query_text)
+    bm25_of = dict(zip(lexical_nums.tolist(), lexical_scores.tolist())) if len(lexical_nums) else {}
     # Similar past work: kernel mass of the query's title over each organisation's past project titles.
     work_nums, work_mass, best_title = (
         corpus.past_work.mass(work_vector) if corpus.past_work is not None else (np.zeros(0, np.int64), np.zeros(0), 0.0)
     )
-    if allowed is not None and len(work_nums):
-        mask = np.isin(work_nums, allowed)
-        work_nums, work_mass = work_nums[mask], work_mass[mask]
-    work_top = _top(work_nums, work_mass, depth)
     mass_of = dict(zip(work_nums.tolist(), work_mass.tolist())) if len(work_nums) else {}
-
     records = corpus.records
     model_name = ranking_model(records)
     use_records = model_name == "full"
-    linked: dict[int, float] = {}
-    if use_records:
-        linked = records.linked_to(seeds)
-        if allowed is not None:
-            allowed_set = set(allowed.tolist())
-            linked = {n: c for n, c in linked.items() if n in allowed_set}
-    by_links = sorted(linked, key=lambda n: (-linked[n], n))[:depth]
 
-    candidates = [n for n in dict.fromkeys([n for n, _ in dense_hits] + lexical_top + work_top + by_links) if n in index.meta]
+    def retrieve(f: Filter, n: int) -> tuple[np.ndarray | None, list[tuple[int, float]], list[int], list[int]]:
+        allowed = index.allowed(f)
+        dense_hits = index.search(query_vector[None, :], n, allowed=allowed)[0]
+        return (allowed, dense_hits, _top(*_within(lexical_nums, lexical_scores, allowed), n),
+                _top(*_within(work_nums, work_mass, allowed), n))
+
+    def pool(allowed, dense_hits, lexical_top, work_top, n: int) -> list[int]:
+        allowed_set = None if allowed is None else set(allowed.tolist())
+        by_links = sorted((x for x in linked if allowed_set is None or x in allowed_set), key=lambda x: (-linked[x], x))[:n]
+        return [x for x in dict.fromkeys([x for x, _ in dense_hits] + lexical_top + work_top + by_links) if x in index.meta]
+
+    reference_retrieval = retrieve(base, depth)
+    ref_allowed, ref_dense = reference_retrieval[:2]
+    # Seeds: the strongest text matches by reciprocal rank fusion of the two retrievers.
+    seeds = reciprocal_rank_fusion([[x for x, _ in ref_dense], reference_retrieval[2]])[:n_seeds]
+    linked: dict[int, float] = records.linked_to(seeds) if use_records else {}
+    reference = pool(*reference_retrieval, depth)
+    candidates = reference
+    if flt != base or k > depth:
+        candidates = pool(*retrieve(flt, max(depth, k)), max(depth, k))
     if not candidates:
         return Candidates(candidates, np.zeros((0, len(FEATURES))), seeds, linked, model_name)
-    dense_of = dict(dense_hits)
-    missing = [n for n in candidates if n not in dense_of]
+    everyone = list(dict.fromkeys(reference + candidates))
+    dense_of = dict(ref_dense)
+    missing = [x for x in everyone if x not in dense_of]
     if missing:
-        vectors = np.vstack([index.vector(n) for n in missing])
+        vectors = np.vstack([index.vector(x) for x in missing])
         dense_of.update(zip(missing, (vectors @ query_vector).tolist()))
-    sentences = corpus.sentence_vectors(candidates)
-    sentence_sims = {n: sentences[n] @ query_vector for n in candidates if len(sentences.get(n, ()))}
-    work_sims = sentence_sims if title_vector is None else {n: sentences[n] @ work_vector for n in sentence_sims}
+    sentences = corpus.sentence_vectors(everyone)
+    sentence_sims = {x: sentences[x] @ query_vector for x in everyone if len(sentences.get(x, ()))}
+    work_sims = sentence_sims if title_vector is None else {x: sentences[x] @ work_vector for x in sentence_sims}
     # A profile without stored sentence vectors (an older store) counts its whole vector as its one sentence.
-    work_sims = {**{n: np.array([index.vector(n) @ work_vector]) for n in candidates if n not in work_sims}, **work_sims}
+    work_sims = {**{x: np.array([index.vector(x) @ work_vector]) for x in everyone if x not in work_sims}, **work_sims}
     # The profile's own sentences count as past work too (they often name projects and topics); they are read
     # for the candidates only, on the same kernel scale as the titles. Without any stored past project titles
     # (no track records, or challenge targets), the sentences alone are the past work.
-    best = max(([best_title] if mass_of else []) + [float(sims.max()) for sims in work_sims.values()])
+    has_titles = len(_within(work_nums, work_mass, ref_allowed)[0]) > 0
+    best = max(([best_title] if has_titles else []) + [float(work_sims[x].max()) for x in reference])
     mass = np.array([
-        mass_of.get(n, 0.0) * np.exp((best_title - best) / TAU) + float(np.exp((work_sims[n] - best) / TAU).sum())
-        for n in candidates
+        mass_of.get(x, 0.0) * np.exp((best_title - best) / TAU) + float(np.exp((work_sims[x] - best) / TAU).sum())
+        for x in everyone
     ])
+    past_work = dict(zip(everyone, np.log(mass + FLOOR).tolist()))
     signals = Signals(
         nums=candidates,
-        dense=np.array([dense_of[n] for n in candidates], np.float64),
-        best_sentence=np.array([float(sentence_sims[n].max()) if n in sentence_sims else dense_of[n] for n in candidates]),
-        bm25=np.array([bm25_of.get(n, 0.0) for n in candidates]),
-        past_work=np.log(mass + FLOOR),
+        dense=np.array([dense_of[x] for x in candidates], np.float64),
+        best_sentence=np.array([float(sentence_sims[x].max()) if x in sentence_sims else dense_of[x] for x in candidates]),
+        bm25=np.array([bm25_of.get(x, 0.0) for x in candidates]),
+        past_work=np.array([past_work[x] for x in candidates]),
+        top_dense=max(dense_of[x] for x in reference),
+        top_bm25=max(bm25_of.get(x, 0.0) for x in reference),
+        top_past_work=max(past_work[x] for x in reference),
         records=records,
         linked=linked,
     )
@@ -164,9 +181,24 @@ def rank(
     ranker: Ranker,
     type_fit: Callable[[int], bool] | None = None,
     title_vector: np.ndarray | None = None,
+    base: Filter | None = None,
+    timings: dict[str, float] | None = None,
 ) -> list[Ranked]:
-    """The best k rows passing the filter, best first (``title_vector``: see ``gather``)."""
-    found = gather(corpus, query_vector, query_text, flt, max(ranker.depth, k), ranker.seeds, title_vector)
+    """The best k rows passing the filter, best first; a row's score is the same whatever the filter and k
+    (``title_vector``, ``base``: see ``gather``). ``timings``, when given, gains the seconds spent retrieving
+    (the candidates and their signals) and ranking."""
+    started = time.perf_counter()
+    found = gather(corpus, query_vector, query_text, flt, ranker.depth, ranker.seeds, title_vector, base=base, k=k)
+    retrieved = time.perf_counter()
+    out = _ranked(corpus, found, k, ranker, type_fit)
+    if timings is not None:
+        timings["retrieve"] = timings.get("retrieve", 0.0) + retrieved - started
+        timings["rank"] = timings.get("rank", 0.0) + time.perf_counter() - retrieved
+    return out
+
+
+def _ranked(corpus: Corpus, found: Candidates, k: int, ranker: Ranker, type_fit: Callable[[int], bool] | None) -> list[Ranked]:
+    """The best k of the candidates by the ranker's calibrated score, each with its signals' contributions."""
     if not found.nums:
         return []
     model, calibration = getattr(ranker, found.model_name), ranker.calibration_of(found.model_name)

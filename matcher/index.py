@@ -18,6 +18,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from matcher import places
+from models.files import open_private, private_dir
+
 # faiss-cpu 1.15: batched flat search is 2-8x faster with this threshold, same results.
 faiss.cvar.distance_compute_blas_threshold = 20
 
@@ -37,9 +40,10 @@ class Filter:
     countries: tuple[str, ...] = ()
     status: str | None = None  # challenges only; None = any
     exclude_nums: tuple[int, ...] = ()
+    near: tuple[float, float, float] | None = None  # (lat, lon, km): rows whose place (meta lat, lon) is that close
 
     def is_empty(self) -> bool:
-        return not (self.types or self.countries or self.status or self.exclude_nums)
+        return not (self.types or self.countries or self.status or self.exclude_nums or self.near)
 
 
 class VectorIndex:
@@ -97,6 +101,8 @@ class VectorIndex:
                     preferred = meta.get("preferred_partner_types") or []
                     if preferred and not types.intersection(preferred):
                         continue
+            if flt.near and not places.within(meta, flt.near):
+                continue
             keep.append(num)
         return np.asarray(keep, dtype=np.int64)
 
@@ -132,18 +138,19 @@ class VectorIndex:
         }
         buffer = io.BytesIO()
         np.savez(buffer, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), index=np.frombuffer(blob, dtype=np.uint8))
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         remove_leftovers(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
+        with os.fdopen(open_private(tmp), "wb") as fh:  # it holds the profiles' ids and filter fields: 0600
             fh.write(buffer.getvalue())
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path, *, model: str, dim: int) -> tuple["VectorIndex", int]:
-        """Read a snapshot; raise SnapshotError when it is missing, corrupt, or for another model."""
+    def load(cls, path: Path, *, model: str, dim: int | None) -> tuple[VectorIndex, int]:
+        """Read a snapshot; raise SnapshotError when it is missing, corrupt, or for another model (``dim`` None:
+        the snapshot's, which the model named by ``model`` has)."""
         remove_leftovers(path)
         if not path.exists():
             raise SnapshotError(f"no snapshot at {path}")
@@ -153,11 +160,12 @@ class VectorIndex:
                 blob = npz["index"]
         except Exception as exc:  # truncated or garbled file
             raise SnapshotError(f"unreadable snapshot {path}: {exc}") from exc
-        if header.get("format") != SNAPSHOT_FORMAT or header.get("model") != model or header.get("dim") != dim:
+        if (header.get("format") != SNAPSHOT_FORMAT or header.get("model") != model
+                or (dim is not None and header.get("dim") != dim)):
             raise SnapshotError(f"snapshot {path} was made with another model or format")
         if hashlib.sha256(blob.tobytes()).hexdigest() != header.get("sha256"):
             raise SnapshotError(f"snapshot {path} fails its checksum")
-        self = cls(dim)
+        self = cls(int(header["dim"]))
         self.index = faiss.deserialize_index(np.ascontiguousarray(blob))
         if not isinstance(self.index, faiss.IndexIDMap2):
             raise SnapshotError(f"snapshot {path} holds a {type(self.index).__name__}, not an IndexIDMap2")

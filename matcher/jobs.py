@@ -22,28 +22,33 @@ log = logging.getLogger(__name__)
 BATCH_MATCH = "batch-match"
 
 
-def submit(engine, body, lines: list[int] | None = None, unreadable: list[RecordError] = ()) -> dict:
+def submit(engine, body, lines: list[int] | None = None, unreadable: list[RecordError] = (), on_write=None) -> dict:
     """Validate a batch-match job and queue it; 400 (InvalidInput) when the request or every query is bad.
 
     A query's line is its 1-based position, or, for queries read from a file (the console's uploads), its
     ``lines`` in that file, as the batch command numbers them; the file's ``unreadable`` rows join the job's
-    errors. Result rows name a query by its line (query_line), and each error by its field and its line."""
+    errors. Result rows name a query by its line (query_line), and each error by its field and its line. Queries
+    sent as JSON are read strictly, a file's rows laxly (models.schemas.parse). ``on_write(conn, job)`` runs in
+    the transaction that stores the job."""
     request = parse(BatchJobRequest, body)
+    from_file = lines is not None
     lines = list(lines or range(1, len(request.queries) + 1))
     if len(lines) != len(request.queries):
         raise ValueError(f"{len(lines)} lines for {len(request.queries)} queries")
     filters = request.filters.model_dump(mode="json")
     batch = plan(zip(lines, request.queries), engine.store, target=request.target, k=request.k,
-                 filters=filters, explain=request.explain)
+                 filters=filters, explain=request.explain, strict=not from_file)
     position = {line: i for i, line in enumerate(lines)}
     errors = [_error(e, position.get(e.line)) for e in sorted([*unreadable, *batch.errors], key=lambda e: e.line)]
     if not batch.items:
-        raise InvalidInput(errors, "no query in this job is valid")
+        # A file's rows keep their line (the console shows it); a JSON body's are named by their field alone.
+        raise InvalidInput(errors if from_file else [{"field": e["field"], "problem": e["problem"]} for e in errors],
+                           "no query in this job is valid")
     params = {"target": request.target, "k": request.k, "filters": filters, "explain": request.explain,
               "items": [{"line": i.line, "query_id": i.query_id, "request": i.request.model_dump(mode="json")} for i in batch.items]}
     if lines != list(range(1, len(lines) + 1)):
         params["lines"] = lines
-    return JobStore(engine.store).create(BATCH_MATCH, params, len(batch.items), errors)
+    return JobStore(engine.store).create(BATCH_MATCH, params, len(batch.items), errors, on_write=on_write)
 
 
 def _error(error: RecordError, position: int | None) -> dict:

@@ -12,7 +12,8 @@ from collections import Counter
 
 import numpy as np
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+from matcher.stop_words import ENGLISH_STOP_WORDS
 
 _TOKEN = re.compile(r"[a-z][a-z0-9\-]+")
 STOP_WORDS = frozenset(ENGLISH_STOP_WORDS)

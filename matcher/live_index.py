@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from matcher import places
 from matcher.embedding import Embedder
 from matcher.encoder import from_bytes, matrix_from_bytes
 from matcher.hybrid import Corpus
@@ -49,14 +50,15 @@ class LiveIndex:
         self._changes_since_snapshot = 0
 
     @property
-    def encoder(self):
-        return self.embedder.encoder
+    def lock(self) -> threading.RLock:
+        """Held while the indexes change (load, sync, snapshots), and by a match while it reads them."""
+        return self._lock
 
     def snapshot_path(self, kind: EntityKind):
         return self.settings.index_dir / self.tenant / f"{kind.value}.snapshot.npz"
 
     def snapshot_key(self) -> str:
-        return f"{self.encoder.name}|{self.store.store_uid()}|{self.tenant}"
+        return f"{self.embedder.model_name}|{self.store.store_uid()}|{self.tenant}"
 
     # --- loading --------------------------------------------------------------------------------
 
@@ -65,23 +67,24 @@ class LiveIndex:
         with self._lock:
             key = self.snapshot_key()
             try:
-                loaded = {kind: VectorIndex.load(self.snapshot_path(kind), model=key, dim=self.encoder.dim) for kind in KINDS}
+                loaded = {kind: VectorIndex.load(self.snapshot_path(kind), model=key, dim=self.embedder.model.dim) for kind in KINDS}
                 if any(seq > self.store.current_seq() for _, seq in loaded.values()):
                     raise SnapshotError("a snapshot is ahead of the store")
                 self.indexes = {kind: index for kind, (index, _) in loaded.items()}
-                self._build_text_indexes()
+                self.embedder.model.dim = self.indexes[KINDS[0]].dim  # a snapshot of this model's vectors: its dimension
+                placed = self._build_text_indexes()
                 # Replaying from the older snapshot's seq is harmless for the newer one: a replay is idempotent.
                 self.synced_seq = min(seq for _, seq in loaded.values())
-                rebuilt = False
+                rebuilt = placed > 0  # a snapshot made before places were indexed is rewritten with them
             except SnapshotError as exc:
                 log.info("building the indexes from the store (%s)", exc)
                 self.synced_seq = self.store.current_seq()
                 self.indexes = {kind: self._build(kind) for kind in KINDS}
                 self._build_text_indexes()
                 rebuilt = True
-            self.sync()
+            applied = self.sync()
             self._count_stale()
-            if rebuilt:
+            if rebuilt or applied:  # the next process to start (a one-off command) replays nothing of it again
                 self.save_snapshots()
 
     def ensure_ready(self) -> None:
@@ -90,10 +93,10 @@ class LiveIndex:
 
     def _current(self, kind: EntityKind, nums: list[int] | None = None) -> Iterator:
         """The stored rows (``StoredVector``) with an embedding of this model (all of the kind, or of ``nums``)."""
-        return (r for r in self.store.vectors(kind, nums) if r.vector is not None and r.model == self.encoder.name)
+        return (r for r in self.store.vectors(kind, nums) if r.vector is not None and r.model == self.embedder.model_name)
 
     def _build(self, kind: EntityKind) -> VectorIndex:
-        index, batch = VectorIndex(self.encoder.dim), []
+        index, batch = VectorIndex(self.embedder.dim), []
         for row in self._current(kind):
             batch.append(row)
             if len(batch) >= 5000:
@@ -105,19 +108,25 @@ class LiveIndex:
 
     @staticmethod
     def _upsert_vectors(index: VectorIndex, rows: list) -> None:
-        index.upsert([r.num for r in rows], np.vstack([from_bytes(r.vector) for r in rows]), [{"id": r.id, **r.meta} for r in rows])
+        index.upsert([r.num for r in rows], np.vstack([from_bytes(r.vector) for r in rows]),
+                     [{"id": r.id, **r.meta, **places.coordinates(r.data)} for r in rows])
 
-    def _build_text_indexes(self) -> None:
-        """BM25, track records and past work of every indexed row, read from the store (not snapshotted)."""
+    def _build_text_indexes(self) -> int:
+        """BM25, track records and past work of every indexed row, read from the store (not snapshotted); and the
+        coordinates of the rows of a snapshot made before places were indexed. Returns how many rows got those."""
         self.lexical = {kind: LexicalIndex() for kind in KINDS}
         self.records = TrackRecords()
         self.past_work = PastWork()
         unembedded: list[str] = []  # organisations stored before past project titles were embedded
+        placed = 0
         for kind in KINDS:
             index, batch = self.indexes[kind], []
             for row in self.store.vectors(kind):
                 if row.num in index.meta:
                     batch.append(row)
+                    if "lat" not in index.meta[row.num]:
+                        index.meta[row.num].update(places.coordinates(row.data))
+                        placed += 1
                     if kind is TRACKED and row.project_vectors is None and distinct_titles(row.data):
                         unembedded.append(row.id)
                 if len(batch) >= _BATCH:
@@ -126,6 +135,7 @@ class LiveIndex:
             self.add_text(kind, batch)
         if unembedded:
             self.embedder.embed_past_work(unembedded)
+        return placed
 
     def add_text(self, kind: EntityKind, rows: list) -> None:
         """Index stored rows (``StoredVector``) in BM25 and, for organisations, the track records and past work."""
@@ -136,7 +146,7 @@ class LiveIndex:
         if kind is TRACKED:
             self.records.upsert(nums, docs)
             self.past_work.upsert(nums, docs, [
-                matrix_from_bytes(r.project_vectors, self.encoder.dim) if r.project_vectors is not None else None
+                matrix_from_bytes(r.project_vectors, self.embedder.dim) if r.project_vectors is not None else None
                 for r in rows
             ])
 
@@ -150,10 +160,8 @@ class LiveIndex:
         """What hybrid ranking reads of one kind."""
 
         def sentence_vectors(nums: list[int]) -> dict[int, np.ndarray]:
-            stored, encoder = self.store.sentence_vectors(kind, nums), self.encoder
-            return {
-                num: matrix_from_bytes(blob, encoder.dim) for num, (_, blob, model) in stored.items() if model == encoder.name
-            }
+            stored, model_name, dim = self.store.sentence_vectors(kind, nums), self.embedder.model_name, self.embedder.dim
+            return {num: matrix_from_bytes(blob, dim) for num, (_, blob, model) in stored.items() if model == model_name}
 
         tracked = kind is TRACKED
         return Corpus(self.indexes[kind], self.lexical[kind], self.records if tracked else None, sentence_vectors,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from matcher import explain
+from matcher import explain, places
 from matcher.embedding import EXPLAIN_SENTENCES, Embedder
 from matcher.encoder import matrix_from_bytes
 from matcher.hybrid import Ranked, past_work_vector, rank
@@ -23,11 +23,14 @@ from matcher.live_index import LiveIndex
 from matcher.ranker import Ranker
 from matcher.text import entity_text, profile_terms_text, query_title, split_sentences
 from models.enums import EntityKind, OrgType
+from models.errors import InvalidInput
 from models.schemas import MatchRequest
 from models.store import NotFoundError
 
 ORG, CH = EntityKind.organisations, EntityKind.challenges
+TIMINGS = ("encode", "retrieve", "rank", "explain")  # the parts of took_ms a result with explain reports
 QUERY_IDS = {CH: "challenge_id", ORG: "organisation_id"}  # the query field that names a stored entity of each kind
+LOCAL_POOL = 100  # locality "local" orders the best this many matches (or k) by score and distance
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,17 @@ class MatchContext:
     query_kind: EntityKind | None
     target: EntityKind
     title_vector: np.ndarray | None  # the query's title embedded alone, for the past-work signal
+    place: tuple[float, float] | None = None  # where the query is: filters.near's place, else a stored query's city
+
+    @property
+    def has_place(self) -> bool:
+        """Whether the query has a place to measure distances from (known or not): a near filter or a stored query."""
+        return self.request.filters.near is not None or self.query_doc is not None
+
+    def distance_km(self, meta: dict) -> float | None:
+        """From the query's place to a match's (its index metadata), or None when either is not known."""
+        point = places.point_of(meta)
+        return places.distance_km(self.place, point) if self.place and point else None
 
     @property
     def query_text(self) -> str:
@@ -61,35 +75,61 @@ class Matcher:
     def __init__(self, live: LiveIndex, embedder: Embedder, ranker: Ranker):
         self.live, self.embedder, self.ranker = live, embedder, ranker
 
-    def match_many(self, requests: list[MatchRequest], text_vectors: dict[str, np.ndarray] | None = None) -> list[dict]:
-        """Ranked, explained matches for each request, best first (``text_vectors``: query embeddings known already)."""
+    def match_many(self, requests: list[MatchRequest], text_vectors: dict[str, np.ndarray] | None = None,
+                   started: float | None = None) -> list[dict]:
+        """Ranked, explained matches for each request, best first (``text_vectors``: query embeddings known already).
+
+        Each result's ``took_ms`` is the server time of its request: from ``started`` (``time.perf_counter()``
+        when the caller took the requests: its index sync and parsing count too) to its answer, query encoding
+        included. Work done once for a batch is shared: the free texts are encoded together (their time split
+        by the texts' lengths), and what came before (the caller's part) evenly. With ``explain``, ``timings``
+        splits it: encode, retrieve, rank, explain."""
+        started = time.perf_counter() if started is None else started
         text_vectors = dict(text_vectors or {})
         texts = list(dict.fromkeys(r.query.text for r in requests if r.query.text is not None and r.query.text not in text_vectors))
+        encode_started = time.perf_counter()
         if texts:
             text_vectors.update(zip(texts, self.embedder.encoder.encode(texts)))
-        return [self._match(r, text_vectors) for r in requests]
+        encode_s, fresh = time.perf_counter() - encode_started, set(texts)
+        lengths = [len(r.query.text) if r.query.text in fresh else 0 for r in requests]
+        before_s = (encode_started - started) / max(len(requests), 1)
+        with self.live.lock:  # request threads: another thread's write applies its changes after these matches
+            return [self._match(r, text_vectors, before_s, encode_s * n / (sum(lengths) or 1)) for r, n in zip(requests, lengths)]
 
-    def _match(self, request: MatchRequest, text_vectors: dict[str, np.ndarray]) -> dict:
+    def _match(self, request: MatchRequest, text_vectors: dict[str, np.ndarray], before_s: float = 0.0,
+               encode_s: float = 0.0) -> dict:
+        """One request's result; ``before_s`` and ``encode_s``: its share of the batch's work (see ``match_many``)."""
         started = time.perf_counter()
         ctx = self._context(request, text_vectors)
-        ranked = rank(self.live.corpus(ctx.target), ctx.query_vector, ctx.query_text, self._filter(ctx), request.k,
-                      self.ranker, self._type_fit(ctx), ctx.title_vector)
+        timings = {"encode": encode_s + time.perf_counter() - started}  # its text's share, and its own lookups
+        own = self._own_exclusions(ctx)
+        pool = request.k if request.locality == "any" else max(request.k, LOCAL_POOL)
+        ranked = rank(self.live.corpus(ctx.target), ctx.query_vector, ctx.query_text, self._filter(ctx, own), pool,
+                      self.ranker, self._type_fit(ctx), ctx.title_vector, base=Filter(exclude_nums=own), timings=timings)
+        if request.locality == "local":
+            ranked = self._nearer_first(ctx, ranked)[: request.k]
+        explained = time.perf_counter()
         explanations = self._explain(ctx, ranked) if request.explain else {}
+        timings["explain"] = time.perf_counter() - explained
         meta = self.live.indexes[ctx.target].meta
         matches = []
         for r in ranked:
+            # An organisation's type, or a challenge's status: each match has the field of its kind only.
+            kind_field = "type" if ctx.target is ORG else "status"
             match = {
                 "id": meta[r.num]["id"],
                 "name": meta[r.num]["name"],
-                "type": meta[r.num].get("type"),  # an organisation's (a challenge has none)
+                kind_field: meta[r.num].get(kind_field),
                 "country": meta[r.num].get("country"),
                 "score": round(r.score, 4),
+                **({"distance_km": _km(ctx.distance_km(meta[r.num]))} if ctx.has_place else {}),
                 "explanation": explanations.get(r.num),
             }
-            if ctx.target is CH:
-                match["status"] = meta[r.num].get("status")
             matches.append(match)
-        return {"matches": matches, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
+        result = {"matches": matches, "took_ms": _ms(before_s + encode_s + time.perf_counter() - started)}
+        if request.explain:
+            result["timings"] = {part: _ms(timings.get(part, 0.0)) for part in TIMINGS}
+        return result
 
     def _context(self, request: MatchRequest, text_vectors: dict[str, np.ndarray]) -> MatchContext:
         """The query's vector, its own document (None for free text) and kind, and its title's vector."""
@@ -107,22 +147,60 @@ class Matcher:
             num = index.num_of.get(doc["id"])
             vector = index.vector(num) if num is not None else self.embedder.encoder.encode([entity_text(kind, doc)])[0]
             title = (doc.get("title") or "").strip()  # a challenge's (an organisation has none)
-        # The title alone is what past work, of organisations, is compared with (first line of a longer free text).
-        title_vector = self.embedder.sentence_vectors([title])[0] if title and target is ORG else None
-        return MatchContext(request, vector, doc, kind, target, title_vector)
+        # The title alone is what past work, of organisations, is compared with (first line of a longer free text);
+        # a stored challenge's was stored with it, so a query for its id loads no model.
+        title_vector = None
+        if title and target is ORG:
+            title_vector = self.embedder.stored_title_vector(doc) if kind is CH else None
+            if title_vector is None:
+                title_vector = self.embedder.sentence_vectors([title])[0]
+        return MatchContext(request, vector, doc, kind, target, title_vector, self._place(request, doc, kind))
 
-    def _filter(self, ctx: MatchContext) -> Filter:
+    def _place(self, request: MatchRequest, doc: dict | None, kind: EntityKind | None) -> tuple[float, float] | None:
+        """The query's place: the near filter's (its coordinates, or a stored entity's city), else the stored query's
+        city; None when not known. A near filter on an entity whose place is not known, and locality "local"
+        without a place, are 400s."""
+        near = request.filters.near
+        if near is not None and near.lat is not None:
+            return near.lat, near.lon
+        if near is not None:
+            field, kind = ("challenge", CH) if near.challenge is not None else ("organisation", ORG)
+            entity_id, path = getattr(near, field), f"filters.near.{field}"
+            doc = self.live.store.get(kind, entity_id)
+            if doc is None:
+                raise NotFoundError(kind, entity_id, field=path)
+        point = places.entity_point(self.live.indexes[kind], doc) if doc is not None else None
+        if near is not None and point is None:
+            raise InvalidInput([{"field": path, "problem": places.unknown_place(field, doc)}])
+        if request.locality == "local" and point is None:
+            raise InvalidInput([{"field": "locality", "problem": "'local' needs a place: filters.near, or a stored "
+                                                                  "challenge or organisation query whose city is known"}])
+        return point
+
+    def _nearer_first(self, ctx: MatchContext, ranked: list[Ranked]) -> list[Ranked]:
+        """Locality "local": the matches ordered by score x ``places.locality_weight`` of their distance (stable)."""
+        meta = self.live.indexes[ctx.target].meta
+        return sorted(ranked, key=lambda r: -r.score * places.locality_weight(ctx.distance_km(meta[r.num])))
+
+    def _own_exclusions(self, ctx: MatchContext) -> tuple[int, ...]:
+        """What the query never matches, whatever its filters: itself, nor a challenge the organisation that
+        posted it. The ranker's references come from the retrieval without anything else (``hybrid.gather``)."""
+        num_of, own = self.live.indexes[ctx.target].num_of, []
+        if ctx.query_doc is not None and ctx.query_kind is ctx.target and ctx.query_doc["id"] in num_of:
+            own.append(num_of[ctx.query_doc["id"]])
+        if ctx.query_kind is CH and ctx.target is ORG and ctx.query_doc.get("owner_id") in num_of:
+            own.append(num_of[ctx.query_doc["owner_id"]])
+        return tuple(own)
+
+    def _filter(self, ctx: MatchContext, own: tuple[int, ...]) -> Filter:
         filters, num_of = ctx.request.filters, self.live.indexes[ctx.target].num_of
         exclude = [num_of[i] for i in filters.exclude_ids if i in num_of]
-        if ctx.query_doc is not None and ctx.query_kind is ctx.target and ctx.query_doc["id"] in num_of:
-            exclude.append(num_of[ctx.query_doc["id"]])  # never match an entity with itself
-        if ctx.query_kind is CH and ctx.target is ORG and ctx.query_doc.get("owner_id") in num_of:
-            exclude.append(num_of[ctx.query_doc["owner_id"]])  # nor a challenge with the organisation that posted it
         return Filter(
+            near=(*ctx.place, filters.near.km) if filters.near else None,
             types=tuple(filters.types),
             countries=tuple(filters.countries),
-            status=None if ctx.target is ORG or filters.status == "any" else filters.status,
-            exclude_nums=tuple(exclude),
+            status=None if ctx.target is ORG or filters.status == "any" else filters.status or "open",
+            exclude_nums=tuple(exclude) + own,
         )
 
     def _type_fit(self, ctx: MatchContext) -> Callable[[int], bool] | None:
@@ -142,7 +220,7 @@ class Matcher:
     def _explain(self, ctx: MatchContext, ranked: list[Ranked]) -> dict[int, dict]:
         """Why each match ranked where it did, from the signals the ranker used (past work: by the title's vector)."""
         docs = self.live.store.get_by_nums(ctx.target, [r.num for r in ranked])
-        dim = self.embedder.encoder.dim
+        dim = self.embedder.dim
         query_terms = explain.key_terms(ctx.request.query.text if ctx.query_doc is None else profile_terms_text(ctx.query_doc))
         per_hit = {}
         stored = self.live.store.sentence_vectors(ctx.target, [r.num for r in ranked if r.num in docs])
@@ -152,7 +230,7 @@ class Matcher:
             if doc is None:  # deleted between search and fetch
                 continue
             entry = stored.get(r.num)
-            if entry is not None and entry[2] == self.embedder.encoder.name:
+            if entry is not None and entry[2] == self.embedder.model_name:
                 per_hit[r.num] = (doc, entry[0], matrix_from_bytes(entry[1], dim))
             else:  # stored before sentence vectors existed: embed the description's sentences now
                 sentences = split_sentences(doc["description"])[:EXPLAIN_SENTENCES]
@@ -183,10 +261,13 @@ class Matcher:
         meta = self.live.indexes[ctx.target].meta
         worked_with = [meta[n]["name"] for n in r.linked[:3] if n in meta]
         signals = explain.signals(r.contributions)
+        km = ctx.distance_km(meta[r.num])
+        distance = (places.distance_words(km) if ctx.place else "the query's place is not known") if ctx.has_place else None
         return {
-            "summary": explain.summary(r.score, signals=signals, shared=shared, sectors=sectors, offers=offers,
+            "summary": explain.summary(round(r.score, 4), signals=signals, shared=shared, sectors=sectors, offers=offers,
                                        type_fit=type_fit, projects=projects, worked_with=worked_with,
-                                       has_past_projects=bool(doc.get("past_projects"))),
+                                       has_past_projects=bool(doc.get("past_projects")),
+                                       distance=distance if km is not None else None),
             "signals": signals,
             "closest_sentence": closest[0] if closest else None,
             "closest_sentence_similarity": round(closest[1], 4) if closest else None,
@@ -196,7 +277,16 @@ class Matcher:
             "related_projects": projects,
             "worked_with": worked_with,
             "type_fit": type_fit,
+            **({"distance": distance} if distance else {}),
         }
+
+
+def _km(km: float | None) -> float | None:
+    return None if km is None else round(km, 1)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
 
 
 def _fit(ctx: MatchContext, doc: dict) -> tuple[list[str], str | None]:

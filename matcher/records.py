@@ -6,9 +6,9 @@ import csv
 import gzip
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from models.enums import EntityKind
 from models.schemas import InvalidInput, validate_entity
@@ -119,7 +119,7 @@ def import_file(engine, kind: EntityKind, path: str | Path, progress: bool = Tru
             report.errors.append(record)
             continue
         try:
-            doc = validate_entity(kind, record)
+            doc = validate_entity(kind, record, strict=False)  # a file's rows: CSV cells are text
         except InvalidInput as exc:
             report.errors.extend(RecordError(line_no, f"{d['field']}: {d['problem']}") for d in exc.details)
             continue

@@ -7,15 +7,19 @@ Slots: ``id``, ``start``, ``end`` (ISO date-times; with an offset they are writt
 (meetings at once, default 10) and optional ``location``.
 
 **Scores.** Each direction is scored with the engine's vectors: A -> B is how well B's profile fits what
-A seeks (A's needs when it states them, else A's whole profile). Both must fit, so the pair's mutual score
-is the geometric mean of the two directions (clipped at 0). A pair's value is its mutual score plus
-REQUESTED for each side that asked for it, so a requested meeting always outranks an unrequested one.
-Blocked pairs (either side) are never scheduled.
+A seeks (A's needs when it states them, else A's whole profile). Both must fit, so the pair's **mutual fit**
+is the geometric mean of the two directions (clipped at 0): a similarity of profiles, not the match score of
+the API (a calibrated chance, with its bands in words), so agendas call it "mutual fit" and never "match". A
+pair's value is its mutual fit plus REQUESTED for each side that asked for it, so a requested meeting always
+outranks an unrequested one. Blocked pairs (either side) are never scheduled.
 
 **Assignment.** Pairs are taken by value, best first (ties by ids, so the schedule is deterministic); each
 goes to the first slot where both are available and free, a table is left and neither has reached its
 maximum. Then each requested pair still unplaced is retried: in a slot that suits both, the meetings that
 keep either of them busy move to another slot that suits both of their parties (a move never unplaces one).
+A participant's own requests come before the requests others make of it: while its own are still to be
+placed, a request from someone else takes only the meetings its maximum leaves beyond them. Those held back
+are placed afterwards, in whatever its own requests did not use.
 """
 from __future__ import annotations
 
@@ -172,7 +176,7 @@ def read_participants(records, store, slot_ids: set[str]) -> tuple[list[Particip
             if pid in seen:
                 raise ValueError(f"id: '{pid}' repeats line {seen[pid]}")
             if profile.get("description"):
-                doc = validate_entity(EntityKind.organisations, profile)
+                doc = validate_entity(EntityKind.organisations, profile, strict=False)
             elif pid in stored:
                 doc = stored[pid]
             else:
@@ -269,7 +273,20 @@ def assign(participants: list[Participant], slots: list[Slot], mutual: np.ndarra
                 return int(s)
         return None
 
+    own = {i: [key for key, who in requested_by.items() if ids[i] in who and key not in blocked] for i in range(n)}
+
+    def room(x, key, reserve):
+        """Whether x may take the meeting ``key``; with ``reserve``, a meeting x did not ask for leaves free
+        the seats that x's own requests, not yet placed, still need."""
+        left = cap[x] - count[x]
+        if reserve and ids[x] not in requested_by.get(key, ()):
+            left -= sum(1 for k in own[x] if k not in placed_pairs)
+        return left > 0
+
+    placed_pairs: set[tuple[int, int]] = set()
+
     def place(s, a, b):
+        placed_pairs.add((min(a, b), max(a, b)))
         busy[a, s] = busy[b, s] = len(meetings)
         meetings.append([s, a, b])
         count[a] += 1
@@ -277,10 +294,10 @@ def assign(participants: list[Participant], slots: list[Slot], mutual: np.ndarra
         tables_left[s] -= 1
 
     # Repair: a requested pair that found no common free slot moves the meetings that block it elsewhere.
-    def repair():
-        placed = {(min(m[1], m[2]), max(m[1], m[2])) for m in meetings}
+    def repair(reserve=False):
+        placed = set(placed_pairs)
         for (a, b) in sorted(requested_by):
-            if (a, b) in placed or (a, b) in blocked or count[a] >= cap[a] or count[b] >= cap[b]:
+            if (a, b) in placed or (a, b) in blocked or not (room(a, (a, b), reserve) and room(b, (a, b), reserve)):
                 continue
             for s in np.flatnonzero(avail[a] & avail[b]):
                 if tables_left[s] <= 0 and busy[a, s] < 0 and busy[b, s] < 0:
@@ -309,17 +326,20 @@ def assign(participants: list[Participant], slots: list[Slot], mutual: np.ndarra
                     break
         return placed
 
-    def greedy(pairs):
+    def greedy(pairs, reserve=False):
         for k in pairs:
             a, b = int(a_idx[k]), int(b_idx[k])
-            if (a, b) in blocked or value[a, b] <= 0 or count[a] >= cap[a] or count[b] >= cap[b]:
+            if (a, b) in blocked or (a, b) in placed_pairs or value[a, b] <= 0 \
+                    or not (room(a, (a, b), reserve) and room(b, (a, b), reserve)):
                 continue
             s = free_slot(a, b)
             if s is not None:
                 place(s, a, b)
 
     is_requested = np.array([(int(a_idx[k]), int(b_idx[k])) in requested_by for k in order], bool)
-    greedy(order[is_requested])
+    greedy(order[is_requested], reserve=True)  # each participant's own requests before others' requests of it
+    repair(reserve=True)
+    greedy(order[is_requested])  # then others' requests, in the meetings that its own left
     placed = repair()
     greedy(order[~is_requested])
 
@@ -380,7 +400,7 @@ def write_outputs(schedule: Schedule, out_dir: str | Path, stamp: dt.datetime | 
                      m.b, people[m.b].name, m.score, ";".join(m.requested_by)])
     write_table(out / "schedule.csv", SCHEDULE_COLUMNS, rows)
     write_table(out / "schedule.xlsx", SCHEDULE_COLUMNS, rows)
-    stamp = stamp or dt.datetime.now(dt.timezone.utc)
+    stamp = stamp or dt.datetime.now(dt.UTC)
     per_person: dict[str, list[Meeting]] = {p.id: [] for p in schedule.participants}
     for m in schedule.meetings:
         per_person[m.a].append(m)
@@ -396,7 +416,7 @@ def write_outputs(schedule: Schedule, out_dir: str | Path, stamp: dt.datetime | 
             asked = " (requested by you)" if pid in m.requested_by else (" (requested by them)" if m.requested_by else "")
             where = f"table {m.table}" + (f", {s.location}" if s.location else "")
             lines.append(f"- {s.start:%Y-%m-%d %H:%M}-{s.end:%H:%M}, {where}: {other.name} ({other.doc['type'].replace('_', ' ')}"
-                         f"{', ' + other.doc['country'] if other.doc.get('country') else ''}), match {m.score:.2f}{asked}")
+                         f"{', ' + other.doc['country'] if other.doc.get('country') else ''}), mutual fit {m.score:.2f}{asked}")
         wanted = [o for o in me.requests if not any(pid in (m.a, m.b) and o in (m.a, m.b) for m in mine)]
         if wanted:
             lines += ["", "Requested but not scheduled: " + ", ".join(people[o].name for o in wanted)]
@@ -416,7 +436,7 @@ def _ics_text(value: str) -> str:
 def _ics_time(value: dt.datetime) -> str:
     if value.tzinfo is None:  # floating local time, as the slots file gives it
         return value.strftime("%Y%m%dT%H%M%S")
-    return value.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return value.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def _fold(line: str) -> bytes:
@@ -443,12 +463,12 @@ def ics_calendar(me: Participant, meetings: list[Meeting], slots: dict, people: 
         lines += [
             "BEGIN:VEVENT",
             f"UID:{_file_name(m.slot)}-{_file_name(m.a)}-{_file_name(m.b)}@partner-matching",
-            f"DTSTAMP:{stamp.astimezone(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}",
+            f"DTSTAMP:{stamp.astimezone(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}",
             f"DTSTART:{_ics_time(s.start)}",
             f"DTEND:{_ics_time(s.end)}",
             f"SUMMARY:{_ics_text('Meeting with ' + other.name)}",
             f"LOCATION:{_ics_text(where)}",
-            f"DESCRIPTION:{_ics_text(f'{other.name} ({other.id}); match score {m.score:.2f}.')}",
+            f"DESCRIPTION:{_ics_text(f'{other.name} ({other.id}); mutual fit {m.score:.2f}.')}",
             "END:VEVENT",
         ]
     lines.append("END:VCALENDAR")

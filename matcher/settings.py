@@ -56,8 +56,20 @@ class Settings:
         "MATCHER_PORT", "8000", int, "the port gunicorn listens on")
     workers: int = setting(
         "MATCHER_WORKERS", "2", int, "gunicorn worker processes")
+    threads: int = setting(
+        "MATCHER_THREADS", "8", int,
+        "request threads per worker: reads and `/healthz` are answered while a match or a write runs")
+    read_timeout: float = setting(
+        "MATCHER_READ_TIMEOUT", "60", float,
+        "seconds a client has to send a whole request (headers and body), then 408; a request is read whole "
+        "before a thread serves it, so slow clients hold no thread")
     timeout: int = setting(
-        "MATCHER_TIMEOUT", "300", int, "seconds one request may take (a 1,000-profile bulk write is the longest)")
+        "MATCHER_TIMEOUT", "300", int,
+        "seconds one request may take; `MATCHER_MAX_EMBED_CHARS` keeps the heaviest well inside it")
+    max_embed_chars: int = setting(
+        "MATCHER_MAX_EMBED_CHARS", "200000", int,
+        "characters of text one request may have embedded (profile texts and past project titles of a write, "
+        "query texts of a match); more gets 413 `over_budget`")
     torch_threads: int = setting(
         "MATCHER_TORCH_THREADS", "1", int, "torch threads per worker (with 2 workers on 2 cores, 1 is fastest)")
     bulk_torch_threads: int = setting(
@@ -85,14 +97,16 @@ class Settings:
         "MATCHER_RATE_LIMIT", "600", int,
         "requests a minute per API key (a key created with `--rate-limit` has its own); `0`: no limit")
     rate_burst: int = setting(
-        "MATCHER_RATE_BURST", "60", int, "requests a key may make at once before the rate applies")
+        "MATCHER_RATE_BURST", "60", int,
+        "requests a key may make at once before the rate applies (never more than the key's rate a minute)")
     # E-mail digests (matcher/digest.py)
     platform_url: str = setting(
         "MATCHER_PLATFORM_URL", "http://127.0.0.1:8000", _url,
         "the platform's base URL: a digest links to `<it>/challenges/<id>` and `<it>/organisations/<id>`")
     public_url: str = setting(
-        "MATCHER_PUBLIC_URL", "http://127.0.0.1:8000", _url,
-        "where this service is reached from outside: the unsubscribe link is `<it>/v1/unsubscribe?token=...`")
+        "MATCHER_PUBLIC_URL", "", _url,
+        "where this service is reached from outside: the unsubscribe link is `<it>/v1/unsubscribe?token=...`",
+        shown="`http://MATCHER_HOST:MATCHER_PORT` (`127.0.0.1` for a wildcard host such as `0.0.0.0`)")
     secret_key: str = setting(
         "MATCHER_SECRET_KEY", "", str,
         "signs unsubscribe tokens; set it when the digest command and the service do not share a data dir",
@@ -151,7 +165,9 @@ class Settings:
         if "data_dir" in overrides:
             overrides["data_dir"] = _path(overrides["data_dir"])
             overrides.setdefault("db_url", _sqlite(overrides["data_dir"]))
-        return cls(**{**values, **overrides})
+        merged = {**values, **overrides}
+        merged["public_url"] = merged["public_url"] or _served_at(merged["host"], merged["port"])
+        return cls(**merged)
 
     @property
     def index_dir(self) -> Path:
@@ -170,6 +186,12 @@ def _read(f) -> Any:
     if meta["strip"] and text is not None:
         text = text.strip() or None
     return meta["parse"](meta["default"] if text is None else text)
+
+
+def _served_at(host: str, port: int) -> str:
+    """The URL gunicorn serves at (a wildcard host is reached at the loopback address)."""
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
+    return f"http://[{host}]:{port}" if ":" in host and not host.startswith("[") else f"http://{host}:{port}"
 
 
 def _sqlite(data_dir: Path) -> str:

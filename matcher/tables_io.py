@@ -8,8 +8,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from matcher.records import RecordError, _csv_row, read_records
 

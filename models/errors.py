@@ -66,3 +66,23 @@ class NotFinished(MatcherError):
     def __init__(self, what: str, entity_id: str, status: str):
         super().__init__(f"{what} '{entity_id}' is {status}; its result is not ready",
                          [{"field": "id", "problem": f"status is {status}"}])
+
+
+class PreconditionFailed(MatcherError):
+    """A conditional write (If-Match) whose entity changed since the caller read it: nothing was written."""
+
+    http_status, code = 412, "precondition_failed"
+
+    def __init__(self, what: EntityKind | str, entity_id: str):
+        super().__init__(f"{_named(what)} '{entity_id}' changed since it was read; read it again and retry",
+                         [{"field": "If-Match", "problem": "does not match the current ETag"}])
+
+
+class IdempotencyConflict(MatcherError):
+    """An Idempotency-Key used before (within its lifetime) for another request: nothing was written."""
+
+    http_status, code = 409, "idempotency_conflict"
+
+    def __init__(self):
+        super().__init__("this Idempotency-Key was used for another request; use a new key for a new request",
+                         [{"field": "Idempotency-Key", "problem": "used before with another method, path or body"}])

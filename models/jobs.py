@@ -26,13 +26,16 @@ class JobStore:
     def __init__(self, store):
         self.store = store  # a models.store.Store, which imports this module (its deletes call erase_from_jobs)
 
-    def create(self, kind: str, params: dict, total: int, errors: list[dict]) -> dict:
+    def create(self, kind: str, params: dict, total: int, errors: list[dict], on_write=None) -> dict:
+        """Queue a job; ``on_write(conn, job)`` runs in the same transaction (a failure there stores nothing)."""
         now = utcnow()
         job_id = f"job-{uuid.uuid4().hex[:20]}"
         status = "queued" if total else "done"
         with self.store.engine.begin() as conn:
             conn.execute(insert(jobs).values(id=job_id, tenant=self.store.tenant, kind=kind, status=status, params=params, errors=errors,
                                              total=total, done=0, created_at=now, updated_at=now))
+            if on_write is not None:
+                on_write(conn, _public(conn.execute(select(jobs).where(*self._mine(job_id))).first()))
         return self.get(job_id)
 
     def _mine(self, job_id: str):
@@ -128,17 +131,11 @@ def erase_from_jobs(conn: Connection, tenant: str, kind: EntityKind, entity_id: 
     leaves every exclusion list, and results lose the rows that matched it."""
     erased = f"the {kind.value[:-1]} this query named was deleted"
     needle = json.dumps(entity_id)
-    key = "organisation_id" if kind is EntityKind.organisations else "challenge_id"
-    tenant_jobs = select(jobs.c.id).where(jobs.c.tenant == tenant)
-    hit = set(conn.execute(tenant_jobs.where(jobs.c.params.cast(String).contains(needle))).scalars())
-    hit |= set(conn.execute(select(job_results.c.job_id).where(
-        job_results.c.job_id.in_(tenant_jobs), job_results.c.result.cast(String).contains(needle))).scalars())
-    for job_id in sorted(hit):
+    for job_id in _job_ids_naming(conn, tenant, entity_id):
         params = conn.execute(select(jobs.c.params).where(jobs.c.id == job_id)).scalar_one()
         kept, dropped = [], set()
         for item in params.get("items", []):
-            query = item["request"]["query"]
-            if query.get(key) == entity_id or (query.get("text") is not None and item.get("query_id") == entity_id):
+            if _names(item, kind, entity_id):
                 dropped.add(item["line"])
                 continue
             _drop_excluded(item["request"].get("filters"), entity_id)
@@ -164,6 +161,47 @@ def erase_from_jobs(conn: Connection, tenant: str, kind: EntityKind, entity_id: 
         if fresh:
             conn.execute(insert(job_results), fresh)
             conn.execute(update(jobs).where(jobs.c.id == job_id).values(done=_results_count(conn, job_id)))
+
+
+def _job_ids_naming(conn: Connection, tenant: str, entity_id: str) -> list[str]:
+    """The ids of the tenant's jobs whose parameters or results hold the id (a candidate superset: a JSON text
+    search)."""
+    needle = json.dumps(entity_id)
+    tenant_jobs = select(jobs.c.id).where(jobs.c.tenant == tenant)
+    hit = set(conn.execute(tenant_jobs.where(jobs.c.params.cast(String).contains(needle))).scalars())
+    hit |= set(conn.execute(select(job_results.c.job_id).where(
+        job_results.c.job_id.in_(tenant_jobs), job_results.c.result.cast(String).contains(needle))).scalars())
+    return sorted(hit)
+
+
+def _names(item: dict, kind: EntityKind, entity_id: str) -> bool:
+    """Whether a job's query is the entity: by its id, or its profile (a text query with its id)."""
+    query = item["request"]["query"]
+    key = "organisation_id" if kind is EntityKind.organisations else "challenge_id"
+    return query.get(key) == entity_id or (query.get("text") is not None and item.get("query_id") == entity_id)
+
+
+def jobs_naming(conn: Connection, tenant: str, kind: EntityKind, entity_id: str) -> list[dict]:
+    """What the tenant's batch jobs hold of an entity (an export): each job that names it, with the queries that
+    were it, whether it excluded it, and the results of its queries and the result rows that matched it."""
+    found = []
+    for job_id in _job_ids_naming(conn, tenant, entity_id):
+        row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+        items = row.params.get("items", [])
+        queries = [item for item in items if _names(item, kind, entity_id)]
+        lines, target = {item["line"] for item in queries}, row.params.get("target") == kind.value
+        excluded = any(entity_id in ((f or {}).get("exclude_ids") or [])
+                       for f in [row.params.get("filters"), *(item["request"].get("filters") for item in items)])
+        results = []
+        for line, result in conn.execute(select(job_results.c.line, job_results.c.result)
+                                         .where(job_results.c.job_id == job_id).order_by(job_results.c.line)):
+            if line not in lines:  # rows: [query_line, query_id, rank, match_id, ...] (matcher/batch.py COLUMNS)
+                result = [r for r in result if r[3] == entity_id] if target and isinstance(result, list) else []
+            if line in lines or result:
+                results.append({"line": line, "result": result})
+        if queries or excluded or results:
+            found.append({**_public(row), "queries": queries, "excludes_it": excluded, "results": results})
+    return found
 
 
 def _drop_excluded(filters: dict | None, entity_id: str) -> None:

@@ -52,8 +52,9 @@ class KeyStore:
         self.store = store
 
     def create(self, tenant: str, scopes: str | list[str], *, label: str | None = None,
-               rate_limit: int | None = None) -> tuple[str, dict]:
-        """A new key for ``tenant`` (recorded if new): returns the key itself (shown once) and its record."""
+               rate_limit: int | None = None, on_write=None) -> tuple[str, dict]:
+        """A new key for ``tenant`` (recorded if new): returns the key itself (shown once) and its record.
+        ``on_write(conn, record)`` runs in the transaction that stores it (a failure there stores nothing)."""
         try:
             check_tenant(tenant)
         except ValueError as exc:
@@ -66,6 +67,8 @@ class KeyStore:
         with self.store.engine.begin() as conn:
             conn.execute(insert(api_keys).values(id=key_id, tenant=tenant, scopes=scopes, secret_hash=_hash(secret),
                                                  label=label, rate_limit=rate_limit, created_at=utcnow()))
+            if on_write is not None:
+                on_write(conn, _public(conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()))
         return f"mk_{key_id}_{secret}", self.get(key_id)
 
     def verify(self, key: str) -> ApiKey | None:

@@ -6,6 +6,7 @@ server-set fields. Limits are enforced, never applied by silent truncation.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import uuid
 from typing import Annotated, Any, Literal, TypeVar
@@ -18,8 +19,10 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from models.countries import normalise_country
 from models.enums import ChallengeStatus, EntityKind, OrgType, PartnershipForm
@@ -59,25 +62,41 @@ def _check_url(value: str) -> str:
     return value
 
 
-def _no_bool(value):
-    # Lax validation reads "12" (a CSV cell) as 12, and must keep doing so; but true is not a count or a year.
+LAX = "lax"  # the validation context's flag for a row of a file (see ``parse``)
+
+
+def _lax(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get(LAX))
+
+
+def _whole_number(value, info: ValidationInfo):
+    # A CSV cell "12" reads as 12 (lax); a JSON body must send a number; true is never a count or a year.
     if isinstance(value, bool):
         raise ValueError("must be a whole number, not true or false")
+    if not isinstance(value, int) and not _lax(info):
+        raise ValueError("must be a whole number" + (", not text" if isinstance(value, str) else ""))
+    return value
+
+
+def _flag(value, info: ValidationInfo):
+    # A CSV cell "yes" reads as true (lax); a JSON body must send true or false.
+    if not isinstance(value, bool) and not (isinstance(value, str) and _lax(info)):
+        raise ValueError("must be true or false" + (", not text" if isinstance(value, str) else ""))
     return value
 
 
 def _no_number(expected: str) -> BeforeValidator:
-    # Lax validation reads a number as seconds since 1970 (0 is 1970-01-01) or 0/1 as false/true; text
-    # ("2026-01-31", "true": CSV cells) still reads as before.
+    # pydantic would read a number as seconds since 1970 (0 is 1970-01-01); text ("2026-01-31") reads as a date.
     def check(value):
-        if isinstance(value, (int, float)) and not (expected == "true or false" and isinstance(value, bool)):
+        if isinstance(value, (int, float)):
             raise ValueError(f"must be {expected}, not a number")
         return value
 
     return BeforeValidator(check)
 
 
-Flag = Annotated[bool, _no_number("true or false")]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
 
 
 Email = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_check_email)]
@@ -109,20 +128,26 @@ def problems(error: ValidationError, prefix: str = "") -> list[dict]:
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def parse(schema: type[Model], body: Any, prefix: str = "") -> Model:
-    """``body`` validated as ``schema``, or InvalidInput naming each field at fault (under ``prefix``)."""
+def parse(schema: type[Model], body: Any, prefix: str = "", *, strict: bool = True) -> Model:
+    """``body`` validated as ``schema``, or InvalidInput naming each field at fault (under ``prefix``).
+
+    ``strict`` (JSON bodies): each value must have its JSON type: true and false are the only booleans and whole
+    numbers the only counts ("2023" is no year, "yes" no flag); dates, times and enumerations are their usual
+    strings. Lax (``strict=False``, for the rows of a file: CSV and XLSX cells are text) also reads "2023" as
+    2023 and "true", "yes", "1", "false", "no", "0" as booleans."""
     if not isinstance(body, dict):
         raise InvalidInput([{"field": prefix or "body", "problem": "must be a JSON object"}])
     try:
-        return schema.model_validate(body)
+        return schema.model_validate(body, context=None if strict else {LAX: True})
     except ValidationError as exc:
         raise InvalidInput(problems(exc, prefix)) from None
 
 
-def new_id(kind: EntityKind) -> str:
-    """An id for an entity whose caller gave none."""
+def new_id(kind: EntityKind, content: str | None = None) -> str:
+    """An id for an entity whose caller gave none: random, or derived from ``content`` (the same content, the same id)."""
     prefix = "org" if kind is EntityKind.organisations else "ch"
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+    suffix = uuid.uuid4().hex if content is None else hashlib.sha256(content.encode()).hexdigest()
+    return f"{prefix}-{suffix[:16]}"
 
 
 class _Strict(BaseModel):
@@ -133,7 +158,7 @@ class PastProject(_Strict):
     """A project the organisation took part in: the track record a platform knows."""
 
     title: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
-    year: Annotated[int, Field(ge=1950, le=2100), BeforeValidator(_no_bool)] | None = None
+    year: Annotated[WholeNumber, Field(ge=1950, le=2100)] | None = None
     role: Annotated[str, StringConstraints(strip_whitespace=True, max_length=50)] | None = None
     # May name organisations that are not stored (e.g. from EU project data): never an error.
     partner_ids: Annotated[list[EntityId], Field(max_length=MAX_PARTNER_IDS)] = []
@@ -163,7 +188,7 @@ class OrganisationIn(_Strict, _Timestamps):
     email_opt_in: Flag = False
     past_projects: Annotated[list[PastProject], Field(max_length=MAX_PAST_PROJECTS)] = []
     # How many projects the organisation has done in all, when ``past_projects`` lists only some of them.
-    n_past_projects: Annotated[int, Field(ge=0, le=1_000_000), BeforeValidator(_no_bool)] | None = None
+    n_past_projects: Annotated[WholeNumber, Field(ge=0, le=1_000_000)] | None = None
     partnership_forms: Annotated[list[PartnershipForm], Field(max_length=len(PartnershipForm))] = []
     tags: PhraseList = []
 
@@ -192,13 +217,14 @@ INPUT_MODELS: dict[EntityKind, type[_Strict]] = {
 }
 
 
-def validate_entity(kind: EntityKind, data: Any, entity_id: str | None = None, prefix: str = "") -> dict:
+def validate_entity(kind: EntityKind, data: Any, entity_id: str | None = None, prefix: str = "", *,
+                    strict: bool = True) -> dict:
     """Validate one entity and return its stored document (JSON-ready dict, id filled in).
 
-    ``entity_id`` (from a URL) fills the id; a different id in the body is an error.
-    Raises ``InvalidInput`` naming each field at fault (under ``prefix``, e.g. ``items[3]``).
+    ``entity_id`` (from a URL) fills the id; a different id in the body is an error. ``strict``: see ``parse``
+    (lax for a row of a file). Raises ``InvalidInput`` naming each field at fault (under ``prefix``, e.g. ``items[3]``).
     """
-    doc = parse(INPUT_MODELS[kind], data, prefix).model_dump(mode="json", exclude={"created_at", "updated_at"})
+    doc = parse(INPUT_MODELS[kind], data, prefix, strict=strict).model_dump(mode="json", exclude={"created_at", "updated_at"})
     if entity_id is not None:
         if doc.get("id") not in (None, entity_id):
             field = field_path(("id",), prefix)
@@ -254,20 +280,67 @@ class MatchQuery(_Strict):
         return self
 
 
+NEAR_KM = 50.0  # the radius of a ``near`` filter that gives none
+Latitude = Annotated[float, Field(ge=-90, le=90, strict=True, allow_inf_nan=False)]
+Longitude = Annotated[float, Field(ge=-180, le=180, strict=True, allow_inf_nan=False)]
+
+
+class Near(_Strict):
+    """A place and a radius: matches whose place (city and country) lies within ``km`` of it."""
+
+    challenge: EntityId | None = Field(None, description="A stored challenge, whose city is the place.")
+    organisation: EntityId | None = Field(None, description="A stored organisation, whose city is the place.")
+    lat: Latitude | None = Field(None, description="Latitude in degrees (with lon).")
+    lon: Longitude | None = Field(None, description="Longitude in degrees (with lat).")
+    km: Annotated[float, Field(gt=0, le=20_000, strict=True, allow_inf_nan=False)] = Field(
+        NEAR_KM, description=f"The radius in km (default {NEAR_KM:g}).")
+
+    @model_validator(mode="after")
+    def _one_place(self):
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("give lat and lon together")
+        given = [k for k in ("challenge", "organisation") if getattr(self, k) is not None] + (["lat/lon"] if self.lat is not None else [])
+        if len(given) != 1:
+            raise ValueError("give exactly one of challenge, organisation, or lat and lon" + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
 class MatchFilters(_Strict):
     types: Annotated[list[OrgType], Field(max_length=len(OrgType))] = []
     countries: Annotated[list[Country], Field(max_length=300)] = []
     exclude_ids: Annotated[list[EntityId], Field(max_length=10_000)] = []
-    # Challenges only: which status to return; "any" returns both.
-    status: Literal["open", "closed", "any"] = "open"
+    # Challenges only: which status to return ("any": both); unset means "open".
+    status: Literal["open", "closed", "any"] | None = Field(
+        None, description="Challenge targets only: open (when not given), closed or any.")
+    near: Near | None = Field(None, description="Only matches within km of a place; those whose place is not known are left out.")
 
 
-class MatchRequest(_Strict):
+def _ignored_filters(target: str, filters: MatchFilters) -> None:
+    """A filter the target has no field for would be silently ignored: it is a 400 naming it instead."""
+    if target == EntityKind.organisations.value and filters.status is not None:
+        raise ValidationError.from_exception_data("MatchFilters", [InitErrorDetails(
+            type=PydanticCustomError("ignored_filter", "applies to challenge targets only: organisations have no status"),
+            loc=("filters", "status"), input=filters.status)])
+
+
+class _Targeted(_Strict):
+    """A request with a ``target`` and ``filters`` (checked together: see ``_ignored_filters``)."""
+
+    @model_validator(mode="after")
+    def _filters_apply(self):
+        _ignored_filters(self.target, self.filters)
+        return self
+
+
+class MatchRequest(_Targeted):
     query: MatchQuery
     target: EntityKind = EntityKind.organisations
     k: Annotated[int, Field(ge=1, le=MAX_K, strict=True)] = 10
     filters: MatchFilters = MatchFilters()
     explain: Flag = True
+    locality: Literal["any", "local"] = Field(
+        "any", description="local: order nearer matches first (score / (1 + distance_km / 50)); the scores are unchanged. "
+                           "Needs a place: filters.near, or a stored query whose city is known.")
 
 
 class BatchMatchRequest(_Strict):
@@ -296,20 +369,36 @@ class Explanation(BaseModel):
     related_projects: list[RelatedProject] = []
     worked_with: list[str] = []  # strong matches for the same query that this organisation has worked with
     type_fit: str | None = None
+    distance: str | None = Field(None, description="How far the match is from the query's place, in words: 'same city', "
+                                                   "'12 km away', or 'place not known'; absent when the query has no place.")
 
 
 class Match(BaseModel):
     id: str
     name: str
-    type: str | None = None
+    type: OrgType | None = Field(None, description="An organisation's type (absent for a challenge).")
     country: str | None = None
+    status: ChallengeStatus | None = Field(None, description="A challenge's status (absent for an organisation).")
     score: float
+    distance_km: float | None = Field(None, description="From the query's place (filters.near, else a stored query's city) "
+                                                         "to the match's; null when either is not known, absent when the query has no place.")
     explanation: Explanation | None = None
+
+
+class MatchTimings(BaseModel):
+    """Where took_ms went, in milliseconds (with explain only); the rest is the index sync and parsing."""
+
+    encode: float = Field(description="Embedding the query (a batch's texts are encoded together: each its share).")
+    retrieve: float = Field(description="The four retrievers and every candidate's signals.")
+    rank: float = Field(description="The ranker's scores and the order.")
+    explain: float = Field(description="The explanations.")
 
 
 class MatchResponse(BaseModel):
     matches: list[Match]
-    took_ms: float
+    took_ms: float = Field(description="Server time of the whole request, query encoding included (a batch's "
+                                       "shared work counted in each result's share).")
+    timings: MatchTimings | None = Field(None, description="The parts of took_ms; with explain only.")
 
 
 # --- Batch jobs, consortia ----------------------------------------------------------------------
@@ -317,7 +406,7 @@ class MatchResponse(BaseModel):
 MAX_JOB_QUERIES = 10_000
 
 
-class BatchJobRequest(_Strict):
+class BatchJobRequest(_Targeted):
     """A batch-match job: each query is {text} | {challenge_id} | {organisation_id} | {id} | a profile."""
 
     queries: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=MAX_JOB_QUERIES)]
@@ -348,7 +437,7 @@ class ConsortiumRequest(_Strict):
     """A challenge (stored id or text) and the constraints on the teams to propose."""
 
     challenge_id: EntityId | None = None
-    text: Annotated[str, Field(min_length=1, max_length=50_000)] | None = None
+    text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50_000)] | None = None
     size: Annotated[int, Field(ge=2, le=30, strict=True)] = 5
     # Each group is satisfied by one member of any of its types, e.g. [["public_authority"], ["university", "research_institute"]].
     required_types: Annotated[list[Annotated[list[OrgType], Field(min_length=1)]], Field(max_length=10)] = []
@@ -356,6 +445,12 @@ class ConsortiumRequest(_Strict):
     must_include: Annotated[list[EntityId], Field(max_length=30)] = []
     exclude: Annotated[list[EntityId], Field(max_length=10_000)] = []
     alternatives: Annotated[int, Field(ge=1, le=5, strict=True)] = 3
+    local_seats: Annotated[int, Field(ge=0, le=30, strict=True)] = Field(
+        0, description="At least this many members within local_km of the stored challenge's city: a local pilot team.")
+    local_km: Annotated[float, Field(gt=0, le=20_000, strict=True, allow_inf_nan=False)] = Field(
+        NEAR_KM, description=f"With local_seats: how near a local member is, in km (default {NEAR_KM:g}).")
+    countries_min: Annotated[int, Field(ge=0, le=30, strict=True)] = Field(
+        0, description="At least this many distinct countries among the members: an EU consortium.")
 
     @model_validator(mode="after")
     def _check(self):
@@ -378,6 +473,8 @@ class ConsortiumMember(BaseModel):
     covers: list[str] = []
     why: str
     aspect_coverage: list[float] = []  # how well it covers each of the challenge's aspects (challenge_aspects' order)
+    distance_km: float | None = Field(None, description="From the challenge's city (a stored challenge's); null when "
+                                                         "either place is not known, absent for a text.")
 
 
 class Consortium(BaseModel):
@@ -386,6 +483,8 @@ class Consortium(BaseModel):
     types: list[str]
     countries: list[str]
     missing_types: list[list[str]] = []
+    missing_local_seats: int = Field(0, description="How many of local_seats no candidate could fill.")
+    missing_countries: int = Field(0, description="How many of countries_min no candidate could add.")
 
 
 class ConsortiumAspect(BaseModel):

@@ -10,24 +10,29 @@ overwritten through another's store. Ids are unique within a tenant.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
 import uuid
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from sqlalchemy import String, bindparam, create_engine, delete, event, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from models.enums import EntityKind
-from models.errors import ConflictError, NotFoundError  # noqa: F401 (NotFoundError: re-exported)
-from models.jobs import erase_from_jobs
+from models.errors import ConflictError, NotFoundError, PreconditionFailed  # noqa: F401 (NotFoundError: re-exported)
+from models.files import private_sqlite
+from models.idempotency import forget_entity
+from models.jobs import erase_from_jobs, jobs_naming
 from models.tables import (
     DEFAULT_TENANT,
     ENTITY_TABLES,
     challenges,
     changes,
     digest_messages,
+    job_results,
+    jobs,
     metadata,
     organisations,
     sync_state,
@@ -48,7 +53,7 @@ class EmbeddingRecord:
     text_hash: str
     sentences: list[str] | None = None  # the description's sentences ...
     sentence_vectors: bytes | None = None  # ... and their vectors, float16, one row each
-    project_vectors: bytes | None = None  # past project titles embedded alone, float16 (organisations)
+    project_vectors: bytes | None = None  # titles embedded alone, float16: past projects' (organisations), its own (challenges)
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,20 @@ def index_meta(kind: EntityKind, doc: dict) -> dict:
     }
 
 
+def entity_tag(doc: dict) -> str:
+    """An entity's ETag (quoted, strong): a hash of its stored document, times included, so every write changes
+    it. The same for every key's view of the entity (a view without personal fields included)."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return '"' + hashlib.sha256(text.encode()).hexdigest()[:32] + '"'
+
+
+def check_precondition(kind: EntityKind, entity_id: str, doc: dict | None, if_match: Collection[str] | None) -> None:
+    """PreconditionFailed unless the stored entity ``doc`` (None: there is none) has one of the ETags ``if_match``
+    lists ("*": any); nothing to check when ``if_match`` is None."""
+    if if_match is not None and (doc is None or ("*" not in if_match and entity_tag(doc) not in if_match)):
+        raise PreconditionFailed(kind, entity_id)
+
+
 def _columns(kind: EntityKind, doc: dict) -> dict:
     """The filter columns of an entity row, derived from its document."""
     cols = {"country": doc.get("country")}
@@ -119,13 +138,14 @@ class Store:
         kwargs: dict = {"echo": echo, "future": True}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 60, "check_same_thread": False}
+            private_sqlite(url)  # 0600 before SQLite makes it (its -wal and -shm take the same mode)
         else:
             kwargs.update(pool_pre_ping=True)
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
 
-    def scoped(self, tenant: str) -> "Store":
+    def scoped(self, tenant: str) -> Store:
         """The same database (and connection pool), seen as ``tenant``."""
         if tenant == self.tenant:
             return self
@@ -380,11 +400,14 @@ class Store:
         *,
         create_only: bool = False,
         on_write=None,
+        if_match: Collection[str] | None = None,
     ) -> list[dict]:
         """Insert or replace entities (each a validated document and its embedding) in one transaction.
 
         ``create_only`` raises ConflictError when an id exists. ``on_write(conn, kind, docs)`` runs inside
-        the transaction before commit (a failure there rolls everything back). Returns the stored documents.
+        the transaction before commit (a failure there rolls everything back). ``if_match`` (a write of one
+        entity): the ETags it must still have, checked under the write lock (PreconditionFailed otherwise).
+        Returns the stored documents.
         """
         table = ENTITY_TABLES[kind]
         now = utcnow()
@@ -397,6 +420,8 @@ class Store:
             }
             if create_only and existing:
                 raise ConflictError(kind, next(iter(existing)))
+            if if_match is not None:
+                check_precondition(kind, ids[0], self._current(conn, table, ids[0]), if_match)
             inserts, updates, stored = [], [], []
             for doc, emb in items:
                 row = {"data": doc, **_columns(kind, doc), "updated_at": now}
@@ -420,9 +445,9 @@ class Store:
                 [{"seq": seq, "tenant": self.tenant, "kind": kind.value, "entity_id": d["id"], "num": num, "op": "upsert"}
                  for num, d in stored],
             )
+            by_id = {d["id"]: d for _, d in stored}
             if on_write is not None:
-                on_write(conn, kind, [d for _, d in stored])
-        by_id = {d["id"]: d for _, d in stored}
+                on_write(conn, kind, [by_id[i] for i in ids])
         return [by_id[i] for i in ids]
 
     def set_embeddings(self, kind: EntityKind, records: dict[str, EmbeddingRecord]) -> int:
@@ -443,12 +468,13 @@ class Store:
                 )
         return len(params)
 
-    def delete(self, kind: EntityKind, entity_id: str, on_delete=None) -> bool:
+    def delete(self, kind: EntityKind, entity_id: str, on_delete=None, if_match: Collection[str] | None = None) -> bool:
         """Delete one entity and erase what the store keeps of it elsewhere, in one transaction; False when it
-        did not exist. ``on_delete(conn, seq)`` runs in the same transaction.
+        did not exist. ``on_delete(conn, seq)`` runs in the same transaction; ``if_match``: see ``upsert``.
 
         Erasure: the change log keeps the row number (which replays need) but no longer the id; an organisation's
-        own digest log goes, and it is struck from other organisations' digest logs and from batch jobs."""
+        own digest log goes, and it is struck from other organisations' digest logs, from batch jobs and from the
+        answers kept for idempotent retries."""
         table = ENTITY_TABLES[kind]
         if not self.existing_ids(kind, [entity_id]):
             return False
@@ -456,15 +482,23 @@ class Store:
             seq = self._next_seq(conn)
             num = conn.execute(select(table.c.num).where(table.c.id == entity_id, *self._mine(table))).scalar()
             if num is not None:
+                check_precondition(kind, entity_id, self._current(conn, table, entity_id), if_match)
                 conn.execute(delete(table).where(table.c.num == num))
                 conn.execute(update(changes).where(changes.c.kind == kind.value, changes.c.num == num).values(entity_id=ERASED))
                 conn.execute(insert(changes).values(seq=seq, tenant=self.tenant, kind=kind.value, entity_id=ERASED, num=num, op="delete"))
                 if kind is EntityKind.organisations:
                     self._erase_from_digests(conn, entity_id)
                 erase_from_jobs(conn, self.tenant, kind, entity_id)
+                forget_entity(conn, self.tenant, entity_id)
                 if on_delete is not None:
                     on_delete(conn, seq)
         return num is not None
+
+    def _current(self, conn: Connection, table, entity_id: str) -> dict | None:
+        """Inside a write: the entity's stored document, or None."""
+        row = conn.execute(select(table.c.data, table.c.created_at, table.c.updated_at)
+                           .where(table.c.id == entity_id, *self._mine(table))).first()
+        return _document(row) if row is not None else None
 
     def _erase_from_digests(self, conn: Connection, organisation_id: str) -> None:
         """An organisation's digest log goes (it is never mailed again); other organisations' logs lose it as a
@@ -568,6 +602,51 @@ class Store:
             query = query.where(digest_messages.c.organisation_id == organisation_id)
         with self.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
+
+    # --- everything of one organisation, of one tenant --------------------------------------------
+
+    def export_organisation(self, organisation_id: str) -> dict | None:
+        """Everything stored about an organisation (GDPR Art. 15 and 20), read in one transaction, or None when
+        it is not stored: its profile with every field, the challenges it owns, its digest log (what each message
+        carried, when and how it went; not the message bytes) and what batch jobs hold of it."""
+        org = EntityKind.organisations
+        digest_cols = [c for c in digest_messages.c if c.name not in ("num", "tenant", "message")]
+        with self.engine.connect() as conn:
+            row = conn.execute(self._documents(organisations).where(organisations.c.id == organisation_id)).first()
+            if row is None:
+                return None
+            owned = conn.execute(self._documents(challenges).where(challenges.c.owner_id == organisation_id)
+                                 .order_by(challenges.c.id))
+            digests = conn.execute(select(*digest_cols).where(digest_messages.c.organisation_id == organisation_id,
+                                                              *self._mine(digest_messages)).order_by(digest_messages.c.num))
+            return {
+                "organisation": _document(row),
+                "challenges_owned": [_document(r) for r in owned],
+                "digests": [{k: iso(aware(v)) if isinstance(v, dt.datetime) else v for k, v in r._mapping.items()}
+                            for r in digests],
+                "jobs": jobs_naming(conn, self.tenant, org, organisation_id),
+            }
+
+    def delete_tenant(self) -> dict[str, int]:
+        """Delete everything of this store's tenant in one transaction, and nothing of any other: its entities,
+        change log, digests, jobs and their results, API keys and every other row that names it; rows deleted
+        per table. Processes that hold its indexes drop the rows at their next sync: the change log keeps one
+        "delete" per row (its number, no id), as after any erasure."""
+        tenant = self.tenant
+        with self.engine.begin() as conn:
+            seq = self._next_seq(conn)
+            erased = [(kind, num) for kind, table in ENTITY_TABLES.items()
+                      for num in conn.execute(select(table.c.num).where(*self._mine(table))).scalars()]
+            counts = {"job_results": conn.execute(delete(job_results).where(
+                job_results.c.job_id.in_(select(jobs.c.id).where(jobs.c.tenant == tenant)))).rowcount}
+            for table in metadata.sorted_tables:
+                if "tenant" in table.c:
+                    counts[table.name] = conn.execute(delete(table).where(table.c.tenant == tenant)).rowcount
+            counts["tenants"] = conn.execute(delete(tenants).where(tenants.c.id == tenant)).rowcount
+            if erased:
+                conn.execute(insert(changes), [{"seq": seq, "tenant": tenant, "kind": kind.value, "entity_id": ERASED,
+                                                "num": num, "op": "delete"} for kind, num in erased])
+        return {name: n for name, n in counts.items() if n}
 
 
 def _embedding_columns(record: EmbeddingRecord | None) -> dict:

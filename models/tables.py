@@ -13,7 +13,6 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
-    UniqueConstraint,
     Date,
     DateTime,
     Index,
@@ -22,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    UniqueConstraint,
 )
 
 from models.enums import EntityKind
@@ -175,4 +175,21 @@ api_keys = Table(
     Column("rate_limit", Integer),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),
+)
+
+
+# Idempotency keys (models/idempotency.py): the first answer to a create sent with an Idempotency-Key, written in the
+# transaction of the create itself and kept 24 hours; a retry with the same key and request gets it back.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("num", Integer, primary_key=True, autoincrement=True),
+    _tenant_column(),
+    Column("idempotency_key", String(255), nullable=False),
+    Column("fingerprint", String(64), nullable=False),  # SHA-256 of the request's method, path and body
+    Column("status", Integer, nullable=False),  # the answer's HTTP status ...
+    Column("response", JSON, nullable=False),  # ... and its body, as stored (before a key's view of it)
+    Column("created_at", DateTime(timezone=True), nullable=False, index=True),
+    UniqueConstraint("tenant", "idempotency_key", name="uq_idempotency_keys_tenant_key"),
+    sqlite_autoincrement=True,
 )

@@ -22,8 +22,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.extensions["matcher.settings"] = settings
     app.extensions["matcher.engine"] = engine or Engine(settings).open()
 
-    from service.api import consortia, entities, health, jobs, keys, match, reject_unstorable_path, unsubscribe
     from service import console
+    from service.api import consortia, entities, exports, health, jobs, keys, match, reject_unstorable_path, unsubscribe
 
     app.register_blueprint(entities.make_blueprint(EntityKind.organisations))
     app.register_blueprint(entities.make_blueprint(EntityKind.challenges))
@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.register_blueprint(jobs.bp)
     app.register_blueprint(consortia.bp)
     app.register_blueprint(keys.bp)
+    app.register_blueprint(exports.bp)
     console.init_app(app)  # the web console under /console/ (it signs its users in itself)
     auth.init_app(app)
     app.before_request(reject_unstorable_path)  # after auth's check: a bad key is 401 whatever the path

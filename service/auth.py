@@ -33,6 +33,7 @@ REQUIRED = {
     "consortia": "match",
     "jobs": "admin",
     "keys": "admin",
+    "exports": "admin",  # everything stored about an organisation: personal data and job rows
 }
 
 
@@ -82,7 +83,7 @@ def authenticate() -> None:
                        [{"field": "Authorization", "problem": f"lacks the '{need}' scope (has: {', '.join(key.scopes)})"}])
     rate = key.rate_limit or settings.rate_limit
     if rate > 0:
-        decision = current_app.extensions["matcher.rate_buckets"].take(key.id, rate, max(settings.rate_burst, 1))
+        decision = current_app.extensions["matcher.rate_buckets"].take(key.id, rate, settings.rate_burst)  # at most `rate` at once
         if not decision.allowed:
             raise ApiError(429, "rate_limited", f"this API key is over its limit of {rate} requests a minute",
                            [{"field": "Authorization", "problem": f"over {rate} requests a minute; retry after "

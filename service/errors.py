@@ -25,8 +25,13 @@ class ApiError(MatcherError):
         self.http_status, self.code, self.headers = status, code, headers or {}
 
 
+def error_document(code: str, message: str, details: list[dict] | None = None) -> dict:
+    """The JSON of every error (the HTTP edge, service/http_edge.py, writes it without Flask)."""
+    return {"error": {"code": code, "message": message, "details": details or []}}
+
+
 def error_response(status: int, code: str, message: str, details: list[dict] | None = None, headers=None):
-    response = jsonify({"error": {"code": code, "message": message, "details": details or []}})
+    response = jsonify(error_document(code, message, details))
     response.status_code = status
     response.headers.extend(headers or {})
     return response

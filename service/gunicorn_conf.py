@@ -5,7 +5,11 @@
 The app is preloaded: the master imports it and loads the model once (no encode() before the fork: that
 hangs the workers). Each worker then limits torch to MATCHER_TORCH_THREADS threads, drops the master's
 database connections, warms the model up and loads its indexes before it takes requests.
+
+The workers are service.http_edge.EdgeWorker: MATCHER_THREADS request threads each, fed only whole requests
+(slow clients hold no thread), and gunicorn's own refusals answered in the API's JSON error shape.
 """
+from matcher import places
 from matcher.settings import Settings
 from service import auth, ratelimit
 
@@ -14,7 +18,8 @@ ratelimit.share()  # before the app is preloaded and the workers fork: one set o
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-worker_class = "sync"
+worker_class = "service.http_edge.EdgeWorker"
+threads = _settings.threads
 timeout = _settings.timeout
 graceful_timeout = 30
 preload_app = True
@@ -34,8 +39,9 @@ def on_starting(server):
 
 
 def when_ready(server):
-    # Load (never run) the model in the master so the workers share its pages.
-    _engine(server.app.wsgi()).encoder
+    # Load (never run) the model in the master so the workers share its pages; the gazetteer too (seconds to read).
+    _engine(server.app.wsgi()).encoder.dim  # noqa: B018 (loads it)
+    places.gazetteer()
     if _settings.job_runner:  # batch jobs run in their own process, outside the request workers
         import subprocess
         import sys

@@ -5,7 +5,9 @@ from functools import lru_cache
 
 from pydantic.json_schema import models_json_schema
 
+from models.keys import SCOPES
 from models.schemas import (
+    MAX_BULK_ITEMS,
     BatchJobRequest,
     BatchMatchRequest,
     ChallengeIn,
@@ -14,11 +16,8 @@ from models.schemas import (
     Job,
     MatchRequest,
     MatchResponse,
-    MAX_BULK_ITEMS,
     OrganisationIn,
 )
-
-from models.keys import SCOPES
 from service.auth import required_scope
 
 REF = "#/components/schemas/{model}"
@@ -59,7 +58,9 @@ ERROR = {
 def _errors(*codes: int) -> dict:
     text = {400: "Invalid input; details name each field", 401: "Missing, unknown or revoked API key",
             403: "The API key lacks the scope this endpoint needs", 404: "Unknown id (in this key's tenant)",
-            409: "The id exists already", 413: "Body too large",
+            409: "The id exists already, or the Idempotency-Key was used for another request (nothing was written)",
+            412: "If-Match names an ETag the entity no longer has: it changed since it was read, and nothing was written",
+            413: "Body too large",
             429: "Over the key's rate limit; Retry-After says when to try again", 503: "Not ready"}
     return {str(c): {"description": text[c], **_json(_ref("Error"))} for c in codes}
 
@@ -88,9 +89,13 @@ def _entity_paths(kind: str, model: str, filters: list[dict]) -> dict:
         },
         f"/v1/{kind}/bulk": {
             "post": {"summary": f"Upsert up to {MAX_BULK_ITEMS} {kind}, all or nothing",
-                     "requestBody": {"required": True, **_json({"type": "object", "required": ["items"], "additionalProperties": False,
-                                                               "properties": {"items": {"type": "array", "minItems": 1, "maxItems": MAX_BULK_ITEMS, "items": _ref(model)}}})},
-                     "responses": {"200": {"description": "Stored", **_json({"type": "object", "properties": {"items": {"type": "array", "items": stored}, "count": {"type": "integer"}}})},
+                     "requestBody": {"required": True, **_json({
+                         "type": "object", "required": ["items"], "additionalProperties": False,
+                         "properties": {"items": {"type": "array", "minItems": 1, "maxItems": MAX_BULK_ITEMS,
+                                                  "items": _ref(model)}}})},
+                     "responses": {"200": {"description": "Stored", **_json({
+                         "type": "object",
+                         "properties": {"items": {"type": "array", "items": stored}, "count": {"type": "integer"}}})},
                                    **_errors(400, 413)}},
         },
         f"/v1/{kind}/{{id}}": {
@@ -175,11 +180,28 @@ def openapi_spec() -> dict:
                                 "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}}
     paths["/openapi.json"] = {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1"}}}}
     paths.update(_key_paths())
+    paths["/v1/organisations/{id}/export"] = {
+        "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "get": {"summary": "Everything stored about one organisation (GDPR Art. 15 and 20): its profile with the contact "
+                           "fields, the challenges it owns, its digest log and what batch jobs hold of it",
+                "description": "Personal data: only API keys with the `admin` scope may export.",
+                "responses": {"200": {"description": "The export (Content-Disposition: attachment)", **_json({
+                    "type": "object", "required": ["tenant", "exported_at", "organisation", "challenges_owned", "digests", "jobs"],
+                    "properties": {"tenant": {"type": "string"}, "exported_at": {"type": "string"},
+                                   "organisation": _stored("OrganisationIn"),
+                                   "challenges_owned": {"type": "array", "items": _stored("ChallengeIn")},
+                                   "digests": {"type": "array", "items": {"type": "object"}},
+                                   "jobs": {"type": "array", "items": {"type": "object"}}}})},
+                              **_errors(404)}}}
+    _retries(paths)
     _secure(paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Partner matching for innovation ecosystems", "version": "1.0.0",
-                 "description": "Stores organisation profiles and challenges, embeds them, and returns ranked, explained partner matches."},
+                 "description": "Stores organisation profiles and challenges, embeds them, and returns ranked, explained partner matches. "
+                                "JSON bodies are strictly typed: booleans are true or false and numbers are JSON numbers "
+                                "(\"yes\" or \"2023\" is a 400 naming the field). A POST that creates may be retried safely with an "
+                                "Idempotency-Key; entities carry an ETag, and If-Match makes a PUT, PATCH or DELETE conditional."},
         "paths": paths,
         "components": {"schemas": components, "securitySchemes": {"bearerAuth": {
             "type": "http", "scheme": "bearer",
@@ -208,7 +230,8 @@ def _key_paths() -> dict:
             "post": {"summary": "A new API key for this key's tenant; `key` is shown this once",
                      "requestBody": {"required": True, **_json(new)},
                      "responses": {"201": {"description": "Created", **_json({"allOf": [record, {
-                         "type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}}]})},
+                         "type": "object", "properties": {"key": {"type": "string", "description":
+                             "The key itself, shown this once: a replay (Idempotency-Key) answers without it"}}}]})},
                          **_errors(400, 413)}}},
         "/v1/keys/{id}": {
             "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -216,7 +239,50 @@ def _key_paths() -> dict:
     }
 
 
-_BLUEPRINT_OF = {"/v1/organisations": "organisations", "/v1/challenges": "challenges", "/v1/match": "match",
+# Safe retries (service/retries.py).
+_CREATES = ("/v1/organisations", "/v1/organisations/bulk", "/v1/challenges", "/v1/challenges/bulk", "/v1/jobs/batch-match", "/v1/keys")
+_ENTITIES = ("/v1/organisations/{id}", "/v1/challenges/{id}")
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "description": "Makes the create safe to retry: the same key with the same method, path and body within 24 hours answers "
+                   "the first answer again (with Idempotent-Replayed: true) and writes nothing; with another request, a 409. "
+                   "Keys belong to the tenant. A replayed key creation answers the key's record without the key itself."}
+_CONDITIONS = {
+    "If-Match": "ETags (or *) the entity must still have; otherwise 412 and nothing is written (a weak tag never matches)",
+    "If-None-Match": "ETags (or *): 304 without a body when the entity still has one of them",
+}
+_ETAG = {"ETag": {"description": "The entity's version: it changes with every write", "required": True, "schema": {"type": "string"}}}
+
+
+def _retries(paths: dict) -> None:
+    """Document Idempotency-Key on the POSTs that create, and ETag, If-Match and If-None-Match on entities."""
+    for path in _CREATES:
+        op = paths[path]["post"]
+        op.setdefault("parameters", []).append(_IDEMPOTENCY_KEY)
+        op["responses"].update(_errors(409))
+        success = next(r for code, r in op["responses"].items() if code.startswith("2"))
+        success.setdefault("headers", {})["Idempotent-Replayed"] = {
+            "description": "true when this is the first answer to an earlier request with the same Idempotency-Key",
+            "schema": {"type": "string", "enum": ["true"]}}
+    for path in ("/v1/organisations", "/v1/challenges"):
+        paths[path]["post"]["responses"]["201"].setdefault("headers", {}).update(_ETAG)
+    for path in _ENTITIES:
+        for method, op in paths[path].items():
+            if method == "parameters":
+                continue
+            header = "If-None-Match" if method == "get" else "If-Match"
+            op.setdefault("parameters", []).append(
+                {"name": header, "in": "header", "required": False, "schema": {"type": "string"}, "description": _CONDITIONS[header]})
+            if method == "get":
+                op["responses"]["304"] = {"description": "Not modified", "headers": _ETAG}
+            else:
+                op["responses"].update(_errors(412))
+            if "200" in op["responses"]:
+                op["responses"]["200"].setdefault("headers", {}).update(_ETAG)
+
+
+_BLUEPRINT_OF = {"/v1/organisations/{id}/export": "exports", "/v1/organisations": "organisations", "/v1/challenges": "challenges", "/v1/match": "match",
                  "/v1/consortia": "consortia", "/v1/jobs": "jobs", "/v1/keys": "keys", "/v1/unsubscribe": "unsubscribe"}
 
 

@@ -1,6 +1,6 @@
 """Per-key rate limits: a token bucket per API key, shared by every gunicorn worker.
 
-A key may make ``burst`` requests at once, then ``rate`` a minute. The buckets live in shared memory made by
+A key may make ``burst`` requests at once (at most its ``rate``), then ``rate`` a minute. The buckets live in shared memory made by
 gunicorn's master before it forks (``share()`` in gunicorn_conf), so two workers cannot each grant the full
 rate; a process that was not forked from such a master (tests, ``flask run``) keeps its own buckets.
 """
@@ -55,8 +55,9 @@ class Buckets:
         return oldest, False
 
     def take(self, name: str, rate_per_min: int, burst: int, now: float | None = None) -> Decision:
-        """Spend one token of ``name``'s bucket if it has one."""
-        per_s, capacity = rate_per_min / 60.0, max(1, burst)
+        """Spend one token of ``name``'s bucket if it has one. The bucket holds ``burst`` tokens, but never more
+        than the rate allows a minute: a key limited to 30 a minute never makes more than 30 at once."""
+        per_s, capacity = rate_per_min / 60.0, max(1, min(burst, rate_per_min))
         key = self._key(name)
         with self._lock:
             # The clock is read under the lock: a process that read it earlier but got the lock later would

@@ -24,8 +24,10 @@ def json_body():
         data = request.get_json(force=True, silent=True)
     except RecursionError:  # json.loads gives up on arrays/objects nested ~1000 deep
         raise invalid("body", f"nested more than {MAX_DEPTH} levels deep") from None
-    if data is None:
-        raise invalid("body", "not valid JSON" if request.get_data() else "missing: send a JSON body")
+    if data is None:  # unparsable, empty, or the JSON value null
+        raw = request.get_data().strip()
+        raise invalid("body", "must be a JSON object, not null" if raw == b"null" else "not valid JSON" if raw
+                      else "missing: send a JSON body")
     _check_text(data)
     return data
 

@@ -10,9 +10,11 @@ from flask import Blueprint, request
 from models.countries import normalise_country
 from models.enums import ChallengeStatus, EntityKind, OrgType
 from models.schemas import ID_PATTERN, MAX_BULK_ITEMS
+from service import budget
 from service.api import engine, json_body, scopes
 from service.auth import can_see_contact
 from service.errors import invalid
+from service.retries import create_once, if_match, not_modified, with_etag
 
 MAX_PAGE = 200
 DEFAULT_PAGE = 50
@@ -76,12 +78,28 @@ def _list_params(kind: EntityKind) -> dict:
     return params
 
 
+def _saving(save, kept):
+    """A store write's ``on_write`` hook that hands ``kept(docs)`` to an idempotency record's ``save`` (or None)."""
+    return None if save is None else (lambda conn, _kind, docs: save(conn, kept(docs)))
+
+
 def make_blueprint(kind: EntityKind) -> Blueprint:
     bp = Blueprint(kind.value, __name__, url_prefix=f"/v1/{kind.value}")
 
+    @bp.before_request
+    def within_budget():  # 413 for a write that would embed more than one request may (service/budget.py)
+        if request.method in ("POST", "PUT", "PATCH"):
+            body = json_body()
+            bulk = request.endpoint.endswith(".bulk") and isinstance(body, dict) and isinstance(body.get("items"), list)
+            budget.check("items" if bulk else "body", sum(map(budget.profile_chars, body["items"] if bulk else [body])))
+
+    def answer(doc: dict):
+        return with_etag(public(kind, doc), doc)
+
     @bp.post("")
     def create():
-        return public(kind, engine().create(kind, json_body())), 201
+        return create_once(lambda save: engine().create(kind, json_body(), on_write=_saving(save, lambda docs: docs[0])),
+                           answer, 201)
 
     @bp.post("/bulk")
     def bulk():
@@ -94,8 +112,8 @@ def make_blueprint(kind: EntityKind) -> Blueprint:
             raise invalid(sorted(extra)[0], "unknown field")
         if not 1 <= len(items) <= MAX_BULK_ITEMS:
             raise invalid("items", f"must hold between 1 and {MAX_BULK_ITEMS} items")
-        stored = engine().upsert_many(kind, items)
-        return {"items": [public(kind, d) for d in stored], "count": len(stored)}, 200
+        return create_once(lambda save: engine().upsert_many(kind, items, on_write=_saving(save, list)),
+                           lambda docs: {"items": [public(kind, d) for d in docs], "count": len(docs)}, 200)
 
     @bp.get("")
     def list_entities():
@@ -107,7 +125,8 @@ def make_blueprint(kind: EntityKind) -> Blueprint:
 
     @bp.get("/<entity_id>")
     def read(entity_id):
-        return public(kind, engine().get(kind, entity_id))
+        doc = engine().get(kind, entity_id)
+        return not_modified(doc) or answer(doc)
 
     @bp.put("/<entity_id>")
     def replace(entity_id):
@@ -115,15 +134,15 @@ def make_blueprint(kind: EntityKind) -> Blueprint:
         if isinstance(body, dict) and any(f not in body for f in PERSONAL[kind]):
             stored = engine().get(kind, entity_id)
             body = {**{f: stored[f] for f in PERSONAL[kind] if stored.get(f) is not None}, **body}
-        return public(kind, engine().replace(kind, entity_id, body))
+        return answer(engine().replace(kind, entity_id, body, if_match=if_match()))
 
     @bp.patch("/<entity_id>")
     def patch(entity_id):
-        return public(kind, engine().patch(kind, entity_id, json_body()))
+        return answer(engine().patch(kind, entity_id, json_body(), if_match=if_match()))
 
     @bp.delete("/<entity_id>")
     def remove(entity_id):
-        engine().delete(kind, entity_id)
+        engine().delete(kind, entity_id, if_match=if_match())
         return "", 204
 
     return bp

@@ -11,6 +11,7 @@ from matcher import jobs
 from models.errors import NotFinished, NotFoundError
 from models.jobs import JobStore
 from service.api import engine, json_body
+from service.retries import create_once
 
 bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
 
@@ -24,8 +25,8 @@ def _job(job_id: str) -> dict:
 
 @bp.post("/batch-match")
 def create_batch_match():
-    job = jobs.submit(engine(), json_body())
-    return job, 202, {"Location": url_for("jobs.read", job_id=job["id"])}
+    return create_once(lambda save: jobs.submit(engine(), json_body(), on_write=save),
+                       lambda job: (job, {"Location": url_for("jobs.read", job_id=job["id"])}), 202)
 
 
 @bp.get("/<job_id>")

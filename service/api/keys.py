@@ -7,6 +7,7 @@ from models.errors import NotFoundError
 from models.keys import KeyRequestError, KeyStore
 from service.api import engine, json_body
 from service.errors import invalid
+from service.retries import create_once
 
 bp = Blueprint("keys", __name__, url_prefix="/v1/keys")
 
@@ -22,6 +23,11 @@ def list_keys():
 
 @bp.post("")
 def create_key():
+    # Idempotent; the key itself is shown once, so a replay answers its record without it (service/retries.py).
+    return create_once(_create_key, lambda answer: answer, 201)
+
+
+def _create_key(save) -> dict:
     body = json_body()
     if not isinstance(body, dict):
         raise invalid("body", "must be a JSON object")
@@ -37,10 +43,10 @@ def create_key():
                                    or not 1 <= rate_limit <= 1_000_000):
         raise invalid("rate_limit", "must be an integer between 1 and 1000000 (requests a minute)")
     try:
-        key, record = _keys().create(g.tenant, scopes, label=label, rate_limit=rate_limit)
+        key, record = _keys().create(g.tenant, scopes, label=label, rate_limit=rate_limit, on_write=save)
     except KeyRequestError as exc:
         raise invalid("scopes", str(exc)) from None
-    return {**record, "key": key}, 201
+    return {**record, "key": key}
 
 
 @bp.delete("/<key_id>")

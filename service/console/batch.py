@@ -67,7 +67,7 @@ def batch():
     orgs = target == EntityKind.organisations.value
     body = {"queries": [record for _, record in good], "target": target, "k": k, "explain": True,
             "filters": {"types": form["types"] if orgs else [], "countries": forms.words(form["countries"]),
-                        "status": "open" if orgs else form["status"]}}
+                        **({} if orgs else {"status": form["status"]})}}
     try:
         job = jobs.submit(engine(), body, lines=[line for line, _ in good], unreadable=unreadable)
     except ENGINE_ERRORS as exc:

@@ -51,6 +51,11 @@ def _score_words(score: float) -> str:
     return explain.score_words(score)
 
 
+@bp.app_template_filter("score_number")
+def _score_number(score: float) -> str:
+    return explain.score_number(score)
+
+
 @bp.app_template_filter("first_upper")
 def first_upper(text: str | None) -> str:
     """The text with its first letter upper-cased (and the rest as it is: "SME", not "Sme")."""
@@ -202,7 +207,7 @@ def _match_form() -> tuple[dict, MatchRequest | None, dict[str, str]]:
     body = {"query": {"text": form["text"]}, "target": form["target"], "k": k, "explain": True,
             "filters": {"types": form["types"] if form["target"] == ORG.value else [],
                         "countries": forms.words(form["countries"]),
-                        "status": form["status"] if form["target"] == CHALLENGE.value else "open"}}
+                        **({"status": form["status"]} if form["target"] == CHALLENGE.value else {})}}
     try:
         match_request = parse(MatchRequest, body)
     except InvalidInput as exc:  # the same field paths the API reports

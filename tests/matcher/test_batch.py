@@ -155,3 +155,15 @@ def test_unknown_file_types_and_broken_xlsx(stocked, tmp_path):
     write_jsonl(tmp_path / "q.jsonl", [{"text": "x"}])
     with pytest.raises(ValueError, match="unknown file type"):
         run_batch_file(stocked, tmp_path / "q.jsonl", tmp_path / "out.parquet", progress=False)
+
+
+def test_inline_profiles_without_ids_give_the_same_file_every_run(stocked, tmp_path):
+    """An inline challenge or organisation without an id is named by its content: byte-identical output."""
+    challenge = {"title": "Quieter night buses", "description": "Electric buses that charge silently at the depot."}
+    src = write_jsonl(tmp_path / "q.jsonl", [challenge, QUERIES[4], {**challenge, "description": "Another text."}])
+    outputs = [tmp_path / "one.csv", tmp_path / "two.csv"]
+    for out in outputs:
+        run_batch_file(stocked, src, out, k=2, progress=False, explain=False)
+    assert outputs[0].read_bytes() == outputs[1].read_bytes()
+    ids = [r["query_id"] for r in read_csv(outputs[0])[::2]]
+    assert ids[0].startswith("ch-") and ids[1].startswith("org-") and ids[2].startswith("ch-") and len(set(ids)) == 3

@@ -81,10 +81,20 @@ def test_explanations_use_sentence_vectors_stored_at_write_time(loaded, monkeypa
     real = loaded.encoder.encode_sentences
     monkeypatch.setattr(loaded.encoder, "encode_sentences", lambda s: calls.append(s) or real(s))
     result = loaded.match(req(query={"challenge_id": "harbour"}, k=6))
-    # Only the challenge's title is embedded (alone, for the past-work signal), and once per process.
-    assert calls == [[loaded.get(CH, "harbour")["title"]]] and all(m["explanation"]["closest_sentence"] for m in result["matches"])
-    loaded.match(req(query={"challenge_id": "harbour"}, k=6))
-    assert len(calls) == 1
+    # Nothing is embedded: the challenge's title, embedded alone for the past-work signal, was stored with it.
+    title = loaded.get(CH, "harbour")["title"]
+    assert calls == [] and all(m["explanation"]["closest_sentence"] for m in result["matches"])
+    assert float(loaded.embedder.stored_title_vector(loaded.get(CH, "harbour")) @ real([title])[0]) > 0.999
+    # A challenge stored without it (an older store) has its title embedded then, once per process.
+    from models.tables import challenges
+
+    with loaded.store.engine.begin() as conn:
+        conn.execute(challenges.update().where(challenges.c.id == "harbour").values(project_vectors=None))
+    loaded.embedder.forget_sentences()  # embedded when it was written
+    for _ in range(2):
+        again = loaded.match(req(query={"challenge_id": "harbour"}, k=6))["matches"]
+        assert [m["id"] for m in again] == [m["id"] for m in result["matches"]]
+    assert calls == [[title]]
     # A row stored without sentence vectors (an older store) is explained by embedding its sentences then.
     from models.tables import organisations
 

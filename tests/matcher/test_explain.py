@@ -49,10 +49,19 @@ def test_related_projects_prefer_title_similarity_then_shared_terms_once_each():
     assert found[0]["similarity"] == 0.8 and found[1]["similarity"] is None and found[1]["role"] == "coordinator"
 
 
-@pytest.mark.parametrize("score, words", [(0.5, "very strong match"), (0.4999, "strong match"), (0.25, "strong match"),
-                                          (0.1, "good match"), (0.03, "possible match"), (0.0299, "weak match")])
+@pytest.mark.parametrize("score, words", [(0.5, "very strong match"), (0.4949, "strong match"), (0.25, "strong match"),
+                                          (0.1, "good match"), (0.03, "possible match"), (0.0294, "weak match")])
 def test_score_words_follow_the_documented_bands(score, words):
     assert explain.score_words(score) == words
+
+
+@pytest.mark.parametrize("score, phrase", [(0.2465, "Strong match (0.25)"), (0.2449, "Good match (0.24)"),
+                                           (0.4999, "Very strong match (0.50)"), (0.0999, "Good match (0.10)"),
+                                           (0.0299, "Possible match (0.030)"), (0.005, "Weak match (0.005)")])
+def test_score_words_agree_with_the_number_shown(score, phrase):
+    """Issue 27: 0.2465 read "Good match (0.25)" and 0.005 "Weak match (0.00)": the band is the shown number's."""
+    assert explain.score_phrase(score) == phrase
+    assert phrase.startswith(explain.score_words(score).capitalize()) and explain.score_number(score) in phrase
 
 
 def test_summary_names_the_positive_reasons_strongest_first():
@@ -66,7 +75,7 @@ def test_summary_names_the_positive_reasons_strongest_first():
     assert without_projects == "Good match (0.12): several passages of its text close to the query."
     fallback = explain.summary(0.01, signals={"meaning": -0.2}, shared=["zyxolite"], sectors=[], offers=[], type_fit=None,
                                projects=[], worked_with=["A", "B", "C"])
-    assert fallback == "Weak match (0.01): both mention zyxolite."
+    assert fallback == "Weak match (0.010): both mention zyxolite."
     partners = explain.summary(0.3, signals={"worked_with_matches": 0.4, "type_fit": 0.2}, shared=[], sectors=["a", "b"],
                                offers=[], type_fit="an SME is a partner type the challenge prefers", projects=[],
                                worked_with=["A", "B", "C"])

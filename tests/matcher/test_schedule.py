@@ -126,7 +126,7 @@ def test_outputs_agendas_and_calendars(event):
     engine, tmp = event
     schedule = build_schedule(engine, list(read_table(tmp / "people.csv")), list(read_table(tmp / "slots.csv")))
     out = tmp / "out"
-    summary = write_outputs(schedule, out, stamp=dt.datetime(2027, 3, 1, tzinfo=dt.timezone.utc))
+    summary = write_outputs(schedule, out, stamp=dt.datetime(2027, 3, 1, tzinfo=dt.UTC))
     with open(out / "schedule.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == len(schedule.meetings) == summary["meetings"]

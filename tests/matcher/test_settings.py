@@ -102,3 +102,14 @@ def test_cli_prints_the_settings_and_the_table(clean_env, capsys):
     assert '"secret_key": "***"' in out and "s3cret" not in out
     assert cli.main(["settings", "--markdown"]) == 0
     assert capsys.readouterr().out.strip() == settings_table()
+
+
+def test_the_unsubscribe_link_follows_the_port_unless_public_url_is_set(clean_env):
+    assert Settings.from_env().public_url == "http://127.0.0.1:8000"
+    clean_env.setenv("MATCHER_PORT", "9001")
+    assert Settings.from_env().public_url == "http://127.0.0.1:9001"
+    clean_env.setenv("MATCHER_HOST", "0.0.0.0")  # a wildcard address is reached at the loopback one
+    assert Settings.from_env().public_url == "http://127.0.0.1:9001"
+    assert Settings.from_env(host="::1", port=8443).public_url == "http://[::1]:8443"
+    clean_env.setenv("MATCHER_PUBLIC_URL", "https://match.example.org/")
+    assert Settings.from_env().public_url == "https://match.example.org"

@@ -19,10 +19,15 @@ def post_worker_init(worker):
     store = worker.wsgi.extensions["matcher.engine"].store
     upsert = store.upsert
 
-    def on_write(conn, kind, docs):
-        if os.path.exists(pause):
-            with open(marker, "w") as fh:
-                fh.write(f"{os.getpid()} {kind.value} {len(docs)}")
-            time.sleep(600)
+    def paused(then):  # after the write's own hook (an idempotency record), if any
+        def on_write(conn, kind, docs):
+            if then is not None:
+                then(conn, kind, docs)
+            if os.path.exists(pause):
+                with open(marker, "w") as fh:
+                    fh.write(f"{os.getpid()} {kind.value} {len(docs)}")
+                time.sleep(600)
 
-    store.upsert = lambda kind, items, **kwargs: upsert(kind, items, on_write=on_write, **kwargs)
+        return on_write
+
+    store.upsert = lambda kind, items, on_write=None, **kwargs: upsert(kind, items, on_write=paused(on_write), **kwargs)

@@ -209,3 +209,32 @@ def test_a_busy_or_unreachable_store_is_a_503_json_error_and_writes_nothing(clie
     assert r.status_code == 503 and r.headers["Retry-After"] == "5"
     assert r.get_json()["error"]["code"] == "store_unavailable"
     assert client.get("/v1/organisations/voltgrid").status_code == 404
+
+
+def test_match_fields_of_each_kind_and_filters_that_cannot_apply(seeded):
+    """A challenge match has a status and no type (an organisation match the reverse); a filter the target has no
+    field for is a 400 naming it, in a match, a batch and a job; the JSON body null is not an object."""
+    for cid, status in (("port", "open"), ("dock", "closed")):
+        seeded.post("/v1/challenges", json={"id": cid, "title": f"Harbour {cid}", "description": "Shore power peaks.",
+                                            "status": status})
+    r = seeded.post("/v1/match", json={"query": {"organisation_id": "voltgrid"}, "target": "challenges",
+                                       "filters": {"status": "any"}})
+    matches = r.get_json()["matches"]
+    assert r.status_code == 200 and {m["id"]: m["status"] for m in matches} == {"port": "open", "dock": "closed"}
+    assert not any("type" in m for m in matches)
+    assert [m["id"] for m in seeded.post("/v1/match", json={"query": {"organisation_id": "voltgrid"},
+                                                            "target": "challenges"}).get_json()["matches"]] == ["port"]
+    orgs = seeded.post("/v1/match", json={"query": {"text": "battery storage"}, "k": 3}).get_json()["matches"]
+    assert all(m["type"] and "status" not in m for m in orgs)
+    r = seeded.post("/v1/match", json={"query": {"text": "battery"}, "filters": {"status": "open"}})
+    assert r.status_code == 400 and error_fields(r) == {"filters.status"}
+    assert "challenge targets only" in r.get_json()["error"]["details"][0]["problem"]
+    r = seeded.post("/v1/match/batch", json={"requests": [{"query": {"text": "x"}},
+                                                          {"query": {"text": "x"}, "filters": {"status": "any"}}]})
+    assert r.status_code == 400 and error_fields(r) == {"requests[1].filters.status"}
+    r = seeded.post("/v1/jobs/batch-match", json={"queries": [{"text": "x"}], "filters": {"status": "closed"}})
+    assert r.status_code == 400 and error_fields(r) == {"filters.status"}
+    for body, problem in (("null", "must be a JSON object, not null"), (" null\n", "must be a JSON object, not null"),
+                          ("{not json", "not valid JSON"), ("", "missing: send a JSON body")):
+        r = seeded.post("/v1/match", data=body, content_type="application/json")
+        assert r.status_code == 400 and r.get_json()["error"]["details"] == [{"field": "body", "problem": problem}], body

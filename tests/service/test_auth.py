@@ -6,13 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from sqlalchemy import select
 
 from matcher.engine import Engine
 from models.enums import EntityKind
-from models.jobs import JobStore
 from models.keys import KeyStore
 from models.tables import changes, jobs as jobs_table
 from tests.conftest import ORGS, ROOT
@@ -240,6 +240,18 @@ def test_rate_limit_answers_429_with_retry_after(secured, monkeypatch):
     assert client.get("/v1/organisations", headers=key("a", "read,match")).status_code == 200  # another key has its own
 
 
+def test_a_keys_burst_never_exceeds_its_own_limit(secured, monkeypatch):
+    client, _, key = secured
+    extensions = client.application.extensions
+    monkeypatch.setitem(extensions, "matcher.settings", dataclasses.replace(extensions["matcher.settings"], rate_limit=600, rate_burst=60))
+    h, started = key("a", "read", rate_limit=30), time.monotonic()
+    codes = [client.get("/v1/organisations", headers=h).status_code for _ in range(40)]
+    refilled = int((time.monotonic() - started) * 30 / 60)  # half a token a second
+    # 30 a minute: at most 30 at once (and what refilled meanwhile), not the global burst of 60
+    assert codes[:30] == [200] * 30 and codes.count(200) <= 30 + refilled < 40
+    assert [client.get("/v1/organisations", headers=key("b", "read")).status_code for _ in range(60)] == [200] * 60
+
+
 def test_keys_over_the_api_and_revocation(secured):
     client, _, key = secured
     admin = key("a", "admin")
@@ -345,7 +357,8 @@ def test_make_run_flow_keys_tenants_and_shared_rate_limits_over_gunicorn(tmp_pat
         demo_ids = {m["id"] for m in r.json()["matches"]}
         assert r.status_code == 200 and len(demo_ids) == 20 and "voltgrid" not in demo_ids  # the demo tenant's own data
         assert requests.get(f"{base}/v1/organisations/{min(demo_ids)}", headers=bearer(other), timeout=30).status_code == 404
-        # 'limited' may make 6 requests at once (MATCHER_RATE_BURST), then 2 a minute, across both workers.
+        # 'limited' may make 2 requests at once (MATCHER_RATE_BURST is 6, but never more than the key's own rate),
+        # then 2 a minute, across both workers.
         # Which worker accepts a connection is the kernel's choice: send pairs until both have answered (at least
         # 14 requests, at most 60: about a second, in which 2 a minute refills no token).
         served_pids = lambda: set(re.findall(r'pid=<?(\d+)>? "GET /v1/organisations\?limit=1',  # noqa: E731
@@ -355,7 +368,7 @@ def test_make_run_flow_keys_tenants_and_shared_rate_limits_over_gunicorn(tmp_pat
             while len(codes) < 14 or (len(served_pids()) < 2 and len(codes) < 60):
                 codes += pool.map(lambda _: requests.get(f"{base}/v1/organisations?limit=1", headers=bearer(limited),
                                                          timeout=30), range(2))
-        assert sorted(r.status_code for r in codes) == [200] * 6 + [429] * (len(codes) - 6)
+        assert sorted(r.status_code for r in codes) == [200] * 2 + [429] * (len(codes) - 2)
         assert all(int(r.headers["Retry-After"]) >= 1 for r in codes if r.status_code == 429)
         assert len(served_pids()) == 2, "both workers should have answered the limited key"
     finally:

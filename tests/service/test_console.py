@@ -59,7 +59,7 @@ def test_sign_in_and_out_with_the_keyboard(journey, console_server):
     j.assert_no_error_shown()
     assert page.get_by_role("heading", level=1).inner_text() == "Tenant demo"
     counts = page.locator(".counts").inner_text()
-    assert "163\norganisations" in counts and "41\nchallenges" in counts, counts
+    assert "165\norganisations" in counts and "41\nchallenges" in counts, counts
     assert page.locator("section", has_text="Open challenges closing soon").locator("li").count() == 5
     deadline = time.time() + 180  # the job worker loads the model first
     while api(console_server, "GET", f"/v1/jobs/{job['id']}").json()["status"] != "done":

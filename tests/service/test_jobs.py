@@ -101,7 +101,7 @@ def test_a_job_whose_worker_died_is_resumed_by_another(client, stocked):
     first.engine.match_many = real
     assert store.get(job_id)["status"] == "running" and store.get(job_id)["progress"]["done"] == 16
     with stocked.store.engine.begin() as conn:  # its lease runs out
-        conn.execute(update(jobs_table).values(lease_until=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)))
+        conn.execute(update(jobs_table).values(lease_until=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)))
     JobWorker(stocked).run_forever(once=True)
     job = store.get(job_id)
     assert job["status"] == "done" and job["progress"]["done"] == 35
