@@ -10,7 +10,10 @@
 """
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import numpy as np
 
@@ -42,18 +45,20 @@ def _stem(word: str) -> str:
     return word
 
 
-def key_terms(text: str) -> dict[str, str]:
-    """Folded term -> the first surface form, for the content words of a text."""
+@functools.lru_cache(maxsize=50_000)
+def key_terms(text: str) -> Mapping[str, str]:
+    """Folded term -> the first surface form, for the content words of a text (read-only: cached by text, as the
+    same profiles and past project titles are explained again and again)."""
     terms: dict[str, str] = {}
     for word in _WORD.findall(text.lower()):
         word = word.strip("-")
         if word in STOP or len(word) < 3:
             continue
         terms.setdefault(_stem(word), word)
-    return terms
+    return MappingProxyType(terms)
 
 
-def shared_terms(query_terms: dict[str, str], text: str, limit: int = 8) -> list[str]:
+def shared_terms(query_terms: Mapping[str, str], text: str, limit: int = 8) -> list[str]:
     """Terms of the query that the text also uses, most specific (longest) first."""
     found = key_terms(text)
     common = [found[t] for t in query_terms if t in found]
@@ -70,12 +75,13 @@ def phrase_overlap(wanted: list[str], offered: list[str]) -> list[str]:
 
 def closest_sentence(query: np.ndarray, sentences: list[str], vectors: np.ndarray) -> tuple[str, float] | None:
     """The sentence closest to the query, never an administrative one (budget, dates, eligibility, contact)."""
-    keep = [i for i, s in enumerate(sentences) if not is_administrative(s)]
-    if not keep:
+    if not sentences:
         return None
-    sims = vectors[keep] @ query
-    best = int(np.argmax(sims))
-    return sentences[keep[best]], float(sims[best])
+    sims = vectors @ query
+    for i in np.argsort(-sims, kind="stable").tolist():  # the closest first: most are checked for nothing else
+        if not is_administrative(sentences[i]):
+            return sentences[i], float(sims[i])
+    return None
 
 
 def type_label(org_type: str) -> str:
@@ -113,7 +119,7 @@ def signals(contributions: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])}
 
 
-def related_projects(query: np.ndarray, query_terms: dict[str, str], projects: list[dict], sentences: list[str],
+def related_projects(query: np.ndarray, query_terms: Mapping[str, str], projects: list[dict], sentences: list[str],
                      vectors: np.ndarray, limit: int = 3, title_similarity: dict[str, float] | None = None) -> list[dict]:
     """The match's past projects closest to the query: by the embedding of the title itself (``title_similarity``,
     what the past-work signal ranked with), else of the profile sentence naming the project, else by the key

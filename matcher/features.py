@@ -8,14 +8,13 @@ from it. Per-query relative signals make long call texts and short queries compa
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from matcher.track_record import TrackRecords
+from matcher.track_record import TRACK_FEATURES, TrackRecords
 
 
 @dataclass
@@ -33,12 +32,12 @@ class Signals:
     top_bm25: float
     top_past_work: float
     records: TrackRecords | None = None  # organisations' track records (the full model only)
-    linked: dict[int, float] = field(default_factory=dict)  # num -> strong text matches it has worked with
+    linked: np.ndarray | None = None  # how many of the query's strong text matches each has worked with
 
     @cached_property
-    def track(self) -> list[dict[str, float]]:
-        """Each candidate's track-record values by name (``TrackRecords.features``)."""
-        return [self.records.features(n) for n in self.nums]
+    def track(self) -> np.ndarray:
+        """Each candidate's track-record values (``TrackRecords.feature_rows``: columns ``TRACK_FEATURES``)."""
+        return self.records.feature_rows(np.asarray(self.nums, np.int64))
 
 
 @dataclass(frozen=True)
@@ -55,12 +54,8 @@ def relative(values: np.ndarray, top: float) -> np.ndarray:
     return values / top if top > 0 else np.zeros_like(values)
 
 
-def log1p(x: float) -> float:
-    return math.log1p(max(x, 0.0))
-
-
-def _track(name: str) -> Callable[[Signals], list[float]]:
-    return lambda s: [values[name] for values in s.track]
+def _track(name: str) -> Callable[[Signals], np.ndarray]:
+    return lambda s: s.track[:, TRACK_FEATURES.index(name)]
 
 
 REGISTRY: tuple[Feature, ...] = (
@@ -77,7 +72,7 @@ REGISTRY: tuple[Feature, ...] = (
     Feature("years_since", "years from the organisation's last project to the newest in the store, capped at 5",
             "track_record", _track("years_since"), True),
     Feature("linked_seeds", "log(1 + how many of the query's strongest text matches it has worked with)",
-            "worked_with_matches", lambda s: [log1p(s.linked.get(n, 0.0)) for n in s.nums], True),
+            "worked_with_matches", lambda s: np.log1p(np.maximum(np.asarray(s.linked, np.float64), 0.0)), True),
     Feature("past_work", "log of the kernel mass of the query's title over past project titles and profile sentences",
             "similar_past_work", lambda s: s.past_work),
     Feature("past_work_gap", "past_work minus the best past_work of this query's unfiltered retrieval (<= 0)",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from matcher.index import Filter, VectorIndex
 from matcher.lexical import LexicalIndex
 from matcher.past_work import FLOOR, TAU, PastWork
 from matcher.ranker import Ranker, sigmoid
+from matcher.sentence_index import SentenceIndex
 from matcher.track_record import TrackRecords
 
 _RRF_K = 60
@@ -31,8 +32,7 @@ class Corpus:
     vectors: VectorIndex
     lexical: LexicalIndex
     records: TrackRecords | None = None  # organisations only
-    # num -> the profile's sentence vectors (rows), for the rows asked; missing rows fall back to dense
-    sentence_vectors: Callable[[list[int]], dict[int, np.ndarray]] = field(default=lambda nums: {})
+    sentences: SentenceIndex | None = None  # the profiles' sentence vectors (rows without: dense stands in)
     past_work: PastWork | None = None  # organisations only
 
 
@@ -54,13 +54,31 @@ def reciprocal_rank_fusion(rankings: list[list], k: int = _RRF_K) -> list:
     return sorted(fused, key=lambda item: (-fused[item], item))
 
 
-def _top(nums: np.ndarray, scores: np.ndarray, n: int) -> list[int]:
-    if len(nums) == 0:
-        return []
-    n = min(n, len(nums))
-    part = np.argpartition(-scores, n - 1)[:n]
-    part = part[scores[part] > 0]
-    return [int(nums[i]) for i in part[np.argsort(-scores[part], kind="stable")]]
+def _best(values: np.ndarray, mask: np.ndarray | None, n: int) -> np.ndarray:
+    """The nums (positions of a num-space array) of the n largest positive values that ``mask`` allows, best
+    first, ties by num."""
+    nums = np.flatnonzero(values > 0 if mask is None else (values > 0) & mask)
+    if len(nums) > n:
+        nums = nums[np.argpartition(-values[nums], n - 1)[:n]]
+    return nums[np.lexsort((nums, -values[nums]))]
+
+
+def _spread(nums: np.ndarray, values: np.ndarray, space: int) -> np.ndarray:
+    """Values given for some nums as a num-space array (0 elsewhere; nums beyond the space are left out)."""
+    out = np.zeros(space)
+    inside = nums < space
+    out[nums[inside]] = values[inside]
+    return out
+
+
+def _segments(owner: np.ndarray, values: np.ndarray, n: int, fallback: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per owner (0..n-1, ``owner`` sorted): the largest of its values, and whether it has any (else ``fallback``)."""
+    out, has = np.array(fallback, np.float64), np.zeros(n, bool)
+    if len(owner):
+        starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+        out[owner[starts]] = np.maximum.reduceat(values, starts)
+        has[owner[starts]] = True
+    return out, has
 
 
 @dataclass
@@ -68,7 +86,7 @@ class Candidates:
     nums: list[int]
     X: np.ndarray  # one row per candidate, one column per registry feature (``features.FEATURES``)
     seeds: list[int]
-    linked: dict[int, float]
+    linked: np.ndarray  # over num space: how many seeds each organisation worked with
     model_name: str  # the ranker model that ranks them (``ranking_model``)
 
 
@@ -82,13 +100,6 @@ def past_work_vector(query_vector: np.ndarray, title_vector: np.ndarray | None) 
     return query_vector if title_vector is None else title_vector
 
 
-def _within(nums: np.ndarray, scores: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    if allowed is None or not len(nums):
-        return nums, scores
-    mask = np.isin(nums, allowed)
-    return nums[mask], scores[mask]
-
-
 def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filter, depth: int, n_seeds: int,
            title_vector: np.ndarray | None = None, *, base: Filter | None = None, k: int = 0) -> Candidates:
     """Candidates passing the filter, from the four retrievers, with every ranking signal.
@@ -99,77 +110,80 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     owner; none by default) at the ranker's ``depth``; the candidates from the retrieval under ``flt`` (which
     holds ``base``) at max(depth, k).
     ``title_vector``: the query's title embedded alone (``matcher.text.query_title``), which the past-work
-    signal compares with past project titles (title to title); the whole query's vector when it has none."""
+    signal compares with past project titles (title to title); the whole query's vector when it has none.
+
+    Everything per query is an array operation over "num space" (``VectorIndex.space``) or over the candidates:
+    the query is compared with every profile, BM25 row and past project title once, and with the candidates'
+    stored sentences (``SentenceIndex``); nothing is read from the store."""
     base = base or Filter()
+    index, records = corpus.vectors, corpus.records
+    model_name = ranking_model(records)
+    if not len(index):
+        return Candidates([], np.zeros((0, len(FEATURES))), [], np.zeros(0), model_name)
+    space = index.space
+    present = index.view().row_of >= 0
     work_vector = past_work_vector(query_vector, title_vector)
-    index = corpus.vectors
-    lexical_nums, lexical_scores = corpus.lexical.scores(query_text)
-    bm25_of = dict(zip(lexical_nums.tolist(), lexical_scores.tolist())) if len(lexical_nums) else {}
+    bm25 = _spread(*corpus.lexical.scores(query_text), space)
     # Similar past work: kernel mass of the query's title over each organisation's past project titles.
     work_nums, work_mass, best_title = (
         corpus.past_work.mass(work_vector) if corpus.past_work is not None else (np.zeros(0, np.int64), np.zeros(0), 0.0)
     )
-    mass_of = dict(zip(work_nums.tolist(), work_mass.tolist())) if len(work_nums) else {}
-    records = corpus.records
-    model_name = ranking_model(records)
-    use_records = model_name == "full"
+    mass_of = _spread(work_nums, work_mass, space)
 
-    def retrieve(f: Filter, n: int) -> tuple[np.ndarray | None, list[tuple[int, float]], list[int], list[int]]:
-        allowed = index.allowed(f)
-        dense_hits = index.search(query_vector[None, :], n, allowed=allowed)[0]
-        return (allowed, dense_hits, _top(*_within(lexical_nums, lexical_scores, allowed), n),
-                _top(*_within(work_nums, work_mass, allowed), n))
+    def retrieve(f: Filter, n: int) -> tuple[np.ndarray | None, np.ndarray, np.ndarray, np.ndarray]:
+        mask = index.allowed_mask(f)
+        return mask, index.top(query_vector, n, mask)[0], _best(bm25, mask, n), _best(mass_of, mask, n)
 
-    def pool(allowed, dense_hits, lexical_top, work_top, n: int) -> list[int]:
-        allowed_set = None if allowed is None else set(allowed.tolist())
-        by_links = sorted((x for x in linked if allowed_set is None or x in allowed_set), key=lambda x: (-linked[x], x))[:n]
-        return [x for x in dict.fromkeys([x for x, _ in dense_hits] + lexical_top + work_top + by_links) if x in index.meta]
+    def pool(mask, dense_top, lexical_top, work_top, n: int) -> np.ndarray:
+        found = np.unique(np.concatenate([dense_top, lexical_top, work_top, _best(linked, mask, n)]))
+        return found[present[found]]
 
     reference_retrieval = retrieve(base, depth)
-    ref_allowed, ref_dense = reference_retrieval[:2]
+    ref_mask = reference_retrieval[0]
     # Seeds: the strongest text matches by reciprocal rank fusion of the two retrievers.
-    seeds = reciprocal_rank_fusion([[x for x, _ in ref_dense], reference_retrieval[2]])[:n_seeds]
-    linked: dict[int, float] = records.linked_to(seeds) if use_records else {}
+    seeds = reciprocal_rank_fusion([reference_retrieval[1].tolist(), reference_retrieval[2].tolist()])[:n_seeds]
+    use_records = model_name == "full"
+    linked = _spread(*records.linked_arrays(seeds), space) if use_records else np.zeros(space)
     reference = pool(*reference_retrieval, depth)
     candidates = reference
     if flt != base or k > depth:
         candidates = pool(*retrieve(flt, max(depth, k)), max(depth, k))
-    if not candidates:
-        return Candidates(candidates, np.zeros((0, len(FEATURES))), seeds, linked, model_name)
-    everyone = list(dict.fromkeys(reference + candidates))
-    dense_of = dict(ref_dense)
-    missing = [x for x in everyone if x not in dense_of]
-    if missing:
-        vectors = np.vstack([index.vector(x) for x in missing])
-        dense_of.update(zip(missing, (vectors @ query_vector).tolist()))
-    sentences = corpus.sentence_vectors(everyone)
-    sentence_sims = {x: sentences[x] @ query_vector for x in everyone if len(sentences.get(x, ()))}
-    work_sims = sentence_sims if title_vector is None else {x: sentences[x] @ work_vector for x in sentence_sims}
+    if not len(candidates):
+        return Candidates([], np.zeros((0, len(FEATURES))), seeds, linked, model_name)
+    everyone = np.union1d(reference, candidates)
+    in_reference, at = np.isin(everyone, reference), np.searchsorted(everyone, candidates)
+    vectors = index.vectors(everyone)
+    dense = (vectors @ query_vector).astype(np.float64)
     # A profile without stored sentence vectors (an older store) counts its whole vector as its one sentence.
-    work_sims = {**{x: np.array([index.vector(x) @ work_vector]) for x in everyone if x not in work_sims}, **work_sims}
+    whole_work = dense if title_vector is None else (vectors @ work_vector).astype(np.float64)
+    sentences, owner = (corpus.sentences.gather(everyone) if corpus.sentences is not None
+                        else (np.zeros((0, index.dim), np.float32), np.zeros(0, np.int64)))
+    sentence_sims = sentences @ query_vector
+    work_sims = sentence_sims if title_vector is None else sentences @ work_vector
+    best_sentence, has_sentences = _segments(owner, sentence_sims, len(everyone), dense)
+    best_work = _segments(owner, work_sims, len(everyone), whole_work)[0]
     # The profile's own sentences count as past work too (they often name projects and topics); they are read
     # for the candidates only, on the same kernel scale as the titles. Without any stored past project titles
     # (no track records, or challenge targets), the sentences alone are the past work.
-    has_titles = len(_within(work_nums, work_mass, ref_allowed)[0]) > 0
-    best = max(([best_title] if has_titles else []) + [float(work_sims[x].max()) for x in reference])
-    mass = np.array([
-        mass_of.get(x, 0.0) * np.exp((best_title - best) / TAU) + float(np.exp((work_sims[x] - best) / TAU).sum())
-        for x in everyone
-    ])
-    past_work = dict(zip(everyone, np.log(mass + FLOOR).tolist()))
+    inside = work_nums[work_nums < space]
+    has_titles = len(work_nums) > 0 and (ref_mask is None or bool(ref_mask[inside].any()))
+    best = max(([best_title] if has_titles else []) + [float(best_work[in_reference].max())])
+    own = np.bincount(owner, weights=np.exp((work_sims - best) / TAU), minlength=len(everyone))
+    own[~has_sentences] = np.exp((whole_work[~has_sentences] - best) / TAU)
+    past_work = np.log(mass_of[everyone] * np.exp((best_title - best) / TAU) + own + FLOOR)
     signals = Signals(
-        nums=candidates,
-        dense=np.array([dense_of[x] for x in candidates], np.float64),
-        best_sentence=np.array([float(sentence_sims[x].max()) if x in sentence_sims else dense_of[x] for x in candidates]),
-        bm25=np.array([bm25_of.get(x, 0.0) for x in candidates]),
-        past_work=np.array([past_work[x] for x in candidates]),
-        top_dense=max(dense_of[x] for x in reference),
-        top_bm25=max(bm25_of.get(x, 0.0) for x in reference),
-        top_past_work=max(past_work[x] for x in reference),
+        nums=candidates.tolist(),
+        dense=dense[at],
+        best_sentence=best_sentence[at],
+        bm25=bm25[candidates],
+        past_work=past_work[at],
+        top_dense=float(dense[in_reference].max()),
+        top_bm25=float(bm25[reference].max()),
+        top_past_work=float(past_work[in_reference].max()),
         records=records,
-        linked=linked,
+        linked=linked[candidates],
     )
-    return Candidates(candidates, feature_matrix(signals, use_records), seeds, linked, model_name)
+    return Candidates(signals.nums, feature_matrix(signals, use_records), seeds, linked, model_name)
 
 
 def rank(
@@ -215,7 +229,7 @@ def _ranked(corpus: Corpus, found: Candidates, k: int, ranker: Ranker, type_fit:
     for i in order:
         num = found.nums[i]
         linked = []
-        if num in found.linked:
+        if found.linked[num] > 0:
             neighbours = corpus.records.neighbours(num)
             linked = [s for s in found.seeds if s in neighbours]
         out.append(

@@ -21,6 +21,7 @@ from matcher.hybrid import Corpus
 from matcher.index import SnapshotError, VectorIndex
 from matcher.lexical import LexicalIndex
 from matcher.past_work import PastWork, distinct_titles
+from matcher.sentence_index import SentenceIndex
 from matcher.settings import Settings
 from matcher.text import entity_text
 from matcher.track_record import TrackRecords
@@ -44,6 +45,7 @@ class LiveIndex:
         self.lexical: dict[EntityKind, LexicalIndex] = {}
         self.records = TrackRecords()  # organisations' track records and co-partnership graph
         self.past_work = PastWork()  # organisations' past project titles, as vectors
+        self.sentences: dict[EntityKind, SentenceIndex] = {}  # each profile's sentence vectors
         self.stale: dict[EntityKind, int] = {kind: 0 for kind in KINDS}
         self.synced_seq = -1
         self._lock = threading.RLock()
@@ -115,6 +117,7 @@ class LiveIndex:
         """BM25, track records and past work of every indexed row, read from the store (not snapshotted); and the
         coordinates of the rows of a snapshot made before places were indexed. Returns how many rows got those."""
         self.lexical = {kind: LexicalIndex() for kind in KINDS}
+        self.sentences = {kind: SentenceIndex(self.embedder.dim) for kind in KINDS}
         self.records = TrackRecords()
         self.past_work = PastWork()
         unembedded: list[str] = []  # organisations stored before past project titles were embedded
@@ -143,6 +146,10 @@ class LiveIndex:
             return
         nums, docs = [r.num for r in rows], [r.data for r in rows]
         self.lexical[kind].upsert(nums, [entity_text(kind, d) for d in docs])
+        dim, model = self.embedder.dim, self.embedder.model_name
+        self.sentences[kind].upsert(nums, [
+            np.frombuffer(r.sentence_vectors, "<f2").reshape(-1, dim)
+            if r.sentence_vectors is not None and r.model == model else None for r in rows])
         if kind is TRACKED:
             self.records.upsert(nums, docs)
             self.past_work.upsert(nums, docs, [
@@ -152,19 +159,15 @@ class LiveIndex:
 
     def _remove_text(self, kind: EntityKind, nums: list[int]) -> None:
         self.lexical[kind].remove(nums)
+        self.sentences[kind].remove(nums)
         if kind is TRACKED:
             self.records.remove(nums)
             self.past_work.remove(nums)
 
     def corpus(self, kind: EntityKind) -> Corpus:
         """What hybrid ranking reads of one kind."""
-
-        def sentence_vectors(nums: list[int]) -> dict[int, np.ndarray]:
-            stored, model_name, dim = self.store.sentence_vectors(kind, nums), self.embedder.model_name, self.embedder.dim
-            return {num: matrix_from_bytes(blob, dim) for num, (_, blob, model) in stored.items() if model == model_name}
-
         tracked = kind is TRACKED
-        return Corpus(self.indexes[kind], self.lexical[kind], self.records if tracked else None, sentence_vectors,
+        return Corpus(self.indexes[kind], self.lexical[kind], self.records if tracked else None, self.sentences[kind],
                       self.past_work if tracked else None)
 
     def _count_stale(self) -> None:

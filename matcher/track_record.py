@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+TRACK_FEATURES = ("projects", "coordinated", "partners", "years_since")  # ``TrackRecords.features``, in order
+
 
 @dataclass(frozen=True)
 class Record:
@@ -63,6 +65,7 @@ class TrackRecords:
         self._linked: sp.csr_matrix | None = None  # 1 where two organisations share a project
         self._order: dict[int, int] = {}
         self._nums = np.zeros(0, np.int64)
+        self._features = np.zeros((0, len(TRACK_FEATURES)))  # one row per num of _nums (``features``)
         self.newest_year: int | None = None
         self._any_known = False
 
@@ -138,20 +141,38 @@ class TrackRecords:
             self.newest_year = max(years) if years else None
             self._linked = (graph > 0).astype(np.float32).tocsr()
             self._graph, self._order, self._nums = graph, order, nums
+            self._features = np.array([list(self._features_of(self._records[int(num)]).values()) for num in nums]
+                                      ).reshape(n, len(TRACK_FEATURES))
             return graph, order
 
     def linked_to(self, seeds: list[int], weights: np.ndarray | None = None) -> dict[int, float]:
         """For every organisation that worked with any seed: how many seeds it worked with (weighted)."""
+        nums, linked = self.linked_arrays(seeds, weights)
+        return dict(zip(nums.tolist(), linked.tolist()))
+
+    def linked_arrays(self, seeds: list[int], weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``linked_to`` as arrays: (nums, how many seeds each worked with), nums ascending."""
         graph, order = self._build()
         index = [order[s] for s in seeds if s in order]
         if not index:
-            return {}
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
         w = np.ones(len(index), np.float32) if weights is None else np.asarray(weights, np.float32)[: len(index)]
         vector = np.zeros(graph.shape[0], np.float32)
         vector[index] = w
         linked = self._linked @ vector  # symmetric
         hit = np.nonzero(linked)[0]
-        return {int(self._nums[i]): float(linked[i]) for i in hit}
+        return self._nums[hit], linked[hit]
+
+    def feature_rows(self, nums: np.ndarray) -> np.ndarray:
+        """``features`` of many rows as one matrix (columns in ``TRACK_FEATURES`` order; zeros for unknown rows)."""
+        self._build()
+        nums = np.asarray(nums, np.int64)
+        out = np.zeros((len(nums), len(TRACK_FEATURES)))
+        if len(self._nums):
+            position = np.minimum(np.searchsorted(self._nums, nums), len(self._nums) - 1)
+            found = self._nums[position] == nums
+            out[found] = self._features[position[found]]
+        return out
 
     def neighbours(self, num: int) -> set[int]:
         """The stored organisations this one has shared a project with."""
@@ -165,9 +186,11 @@ class TrackRecords:
         """The row's track-record signals by name (``matcher.features``): log(1 + projects), log(1 + coordinated),
         log(1 + partners), and years since its last project (to the newest in the store, capped at 5)."""
         self._build()
-        record = self._records.get(int(num))
+        return self._features_of(self._records.get(int(num)))
+
+    def _features_of(self, record: Record | None) -> dict[str, float]:
         if record is None or not record.known:
-            return {"projects": 0.0, "coordinated": 0.0, "partners": 0.0, "years_since": 0.0}
+            return dict.fromkeys(TRACK_FEATURES, 0.0)
         gap = 0.0
         if record.last_year and self.newest_year:
             gap = float(min(self.newest_year - record.last_year, 5))

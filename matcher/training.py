@@ -11,7 +11,6 @@ Two logistic regressions are fitted (all signals; text signals only) and written
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import gzip
 import json
@@ -108,11 +107,9 @@ def without_topic(doc: dict, topic: dict) -> dict:
 
 def collect(engine, topics: list[dict], depth: int, seeds: int, progress: bool = True):
     """Candidates, signals and labels for every training topic, in the leave-one-topic-out world."""
-    base = engine.live.corpus(ORGS)
-    index = base.vectors
+    corpus = engine.live.corpus(ORGS)
+    index = corpus.vectors
     overrides: dict[int, np.ndarray] = {}
-    corpus = dataclasses.replace(base, sentence_vectors=lambda nums: {
-        **base.sentence_vectors([n for n in nums if n not in overrides]), **{n: overrides[n] for n in nums if n in overrides}})
     queries = engine.encoder.encode([t["text"] for t in topics])
     # As the service does: a topic with a call text has a title line, embedded alone for the past-work signal.
     titles = [query_title(t["text"]) for t in topics]
@@ -143,12 +140,15 @@ def collect(engine, topics: list[dict], depth: int, seeds: int, progress: bool =
             overrides[n] = matrix[keep]
         project_vectors = {r.num: r.project_vectors for r in engine.store.vectors(ORGS, nums)}
         # Without the topic, its project titles leave the past work too (the others keep their vectors).
+        kept = [corpus.sentences.gather(np.array([n]))[0] for n in nums]  # _apply drops them: put back after
         _apply(engine, nums, np.vstack([vectors[n] for n in nums]), [changed[n] for n in nums])
+        corpus.sentences.upsert(list(overrides), list(overrides.values()))
         try:
             found = gather(corpus, qvec, topic["text"], Filter(), depth, seeds, title_of.get(titles[qid]))
         finally:
             _apply(engine, nums, np.vstack([old_vectors[n] for n in nums]), [originals[n] for n in nums],
                    [project_vectors.get(n) for n in nums])
+            corpus.sentences.upsert(nums, kept)
             overrides.clear()
         members = set(nums)
         rows.append(found.X)

@@ -77,6 +77,7 @@ class StoredVector:
     text_hash: str | None
     data: dict | None = None  # the document itself
     project_vectors: bytes | None = None  # see EmbeddingRecord
+    sentence_vectors: bytes | None = None  # ... likewise
 
 
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -362,7 +363,7 @@ class Store:
         """Every entity's (or the given rows') embedding and index fields."""
         table = ENTITY_TABLES[kind]
         cols = (table.c.num, table.c.id, table.c.data, table.c.embedding, table.c.embedding_model, table.c.text_hash,
-                table.c.project_vectors)
+                table.c.project_vectors, table.c.sentence_vectors)
         with self.engine.connect() as conn:
             if nums is None:
                 rows = conn.execution_options(yield_per=2000).execute(select(*cols).where(*self._mine(table)).order_by(table.c.num))
@@ -378,6 +379,7 @@ class Store:
                     row.text_hash,
                     row.data,
                     _bytes(row.project_vectors),
+                    _bytes(row.sentence_vectors),
                 )
 
     def changes_since(self, seq: int) -> list[Change]:

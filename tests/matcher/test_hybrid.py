@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from matcher.features import FEATURES, REGISTRY, TEXT_FEATURES
-from matcher.hybrid import _top, gather, rank, ranking_model, reciprocal_rank_fusion
+from matcher.hybrid import _best, gather, rank, ranking_model, reciprocal_rank_fusion
 from matcher.index import Filter
 from models.enums import EntityKind
 from tests.conftest import ORGS, org
@@ -25,12 +25,13 @@ def test_reciprocal_rank_fusion_sums_reciprocal_ranks_and_breaks_ties_by_item():
     assert reciprocal_rank_fusion([]) == []
 
 
-def test_top_keeps_the_n_best_positive_scores_best_first():
-    nums, scores = np.array([10, 11, 12, 13, 14]), np.array([0.5, 0.0, 2.0, 1.0, 0.2])
-    assert _top(nums, scores, 3) == [12, 13, 10]
-    assert _top(nums, scores, 10) == [12, 13, 10, 14]  # a zero score is no match
-    assert _top(nums, np.zeros(5), 3) == []
-    assert _top(np.zeros(0, np.int64), np.zeros(0), 3) == []
+def test_best_keeps_the_n_best_positive_values_the_mask_allows_best_first():
+    values = np.array([0.5, 0.0, 2.0, 1.0, 0.2, 1.0])  # over num space: num 3 and 5 tie
+    assert _best(values, None, 3).tolist() == [2, 3, 5]  # ties by num
+    assert _best(values, None, 10).tolist() == [2, 3, 5, 0, 4]  # a zero value is no match
+    assert _best(values, np.array([True, True, False, True, True, False]), 2).tolist() == [3, 0]
+    assert _best(np.zeros(5), None, 3).tolist() == []
+    assert _best(np.zeros(0), None, 3).tolist() == []
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ def test_without_track_records_only_the_text_features_are_filled(engine):
     engine.upsert_many(ORG, ORGS)
     vector, text = query(engine, "leak detection for water pipes")
     found = gather(engine.live.corpus(ORG), vector, text, Filter(), 50, 5)
-    assert found.model_name == "text" and found.linked == {}
+    assert found.model_name == "text" and not found.linked.any()
     assert not found.X[:, [FEATURES.index(f) for f in TRACK_RECORD]].any()
     assert found.X[:, [FEATURES.index(f) for f in TEXT_FEATURES]].any(axis=0).all()
     assert found.nums[int(np.argmax(column(found, "bm25")))] == engine.indexes[ORG].num_of["aquasense"]
