@@ -13,6 +13,7 @@ from collections import Counter
 import numpy as np
 import scipy.sparse as sp
 
+from matcher.arrays_file import from_strings, ragged, strings, unragged
 from matcher.stop_words import ENGLISH_STOP_WORDS
 
 _TOKEN = re.compile(r"[a-z][a-z0-9\-]+")
@@ -35,15 +36,18 @@ class LexicalIndex:
         self._matrix: sp.csc_matrix | None = None  # rows in the order of self.nums
         self.nums = np.zeros(0, np.int64)
         self._removed = False  # rows were removed since the last build: their terms may be nobody's now
+        self._loaded: dict[str, np.ndarray] | None = None  # a snapshot's rows, not yet made into _rows
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self.nums) if self._loaded is not None else len(self._rows)
 
     def __contains__(self, num: int) -> bool:
+        self._materialise()
         return num in self._rows
 
     def upsert(self, nums: list[int], texts: list[str]) -> None:
         with self._lock:
+            self._materialise()
             for num, text in zip(nums, texts):
                 counts = Counter(tokens(text))
                 ids = np.fromiter((self.vocab.setdefault(t, len(self.vocab)) for t in counts), np.int32, len(counts))
@@ -52,6 +56,7 @@ class LexicalIndex:
 
     def remove(self, nums: list[int]) -> None:
         with self._lock:
+            self._materialise()
             for num in nums:
                 self._removed |= self._rows.pop(int(num), None) is not None
             self._matrix = None
@@ -102,3 +107,36 @@ class LexicalIndex:
         ids = np.fromiter((self.vocab[t] for t in counts), np.int64, len(counts))
         weights = np.log1p(np.fromiter(counts.values(), np.float32, len(counts)))
         return self.nums, np.asarray(matrix[:, ids] @ weights).ravel()
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """What ``from_arrays`` needs: the vocabulary, each row's term ids and counts, and the weighted matrix."""
+        matrix = self._build()
+        with self._lock:
+            if self._loaded is not None:
+                rows = self._loaded
+            else:
+                parts = [self._rows[int(n)] for n in self.nums]
+                lengths, ids = ragged([p[0] for p in parts], np.int32)
+                rows = {"lengths": lengths, "ids": ids, "counts": ragged([p[1] for p in parts], np.float32)[1]}
+            return {**rows, "nums": self.nums, "vocab": strings(list(self.vocab)), "params": np.array([self.k1, self.b]),
+                    "data": matrix.data, "indices": matrix.indices, "indptr": matrix.indptr,
+                    "shape": np.array(matrix.shape, np.int64)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LexicalIndex:
+        """The index as ``to_arrays`` gave it, ready to score; the rows are made from the arrays on the first write."""
+        self = cls(*arrays["params"].tolist())
+        self.vocab = {term: i for i, term in enumerate(from_strings(arrays["vocab"]))}
+        self.nums = np.asarray(arrays["nums"], np.int64)
+        self._matrix = sp.csc_matrix((arrays["data"], arrays["indices"], arrays["indptr"]), shape=tuple(arrays["shape"].tolist()))
+        self._loaded = {name: arrays[name] for name in ("lengths", "ids", "counts")}
+        return self
+
+    def _materialise(self) -> None:
+        """Make the per-row term counts from the loaded arrays, before a write changes them."""
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None:
+            ids, counts = unragged(loaded["lengths"], loaded["ids"]), unragged(loaded["lengths"], loaded["counts"])
+            self._rows = dict(zip(self.nums.tolist(), zip(ids, counts)))

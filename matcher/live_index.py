@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from matcher import places
+from matcher import arrays_file, places
 from matcher.embedding import Embedder
 from matcher.encoder import from_bytes, matrix_from_bytes
 from matcher.hybrid import Corpus
-from matcher.index import SnapshotError, VectorIndex
+from matcher.index import SnapshotError, VectorIndex, remove_leftovers
 from matcher.lexical import LexicalIndex
 from matcher.past_work import PastWork, distinct_titles
 from matcher.sentence_index import SentenceIndex
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 KINDS = (EntityKind.organisations, EntityKind.challenges)
 TRACKED = EntityKind.organisations  # the kind whose past projects are indexed: track records and past work
 _BATCH = 2000  # stored rows read at once
+TEXT_SNAPSHOT_FORMAT = 1
 
 
 class LiveIndex:
@@ -74,10 +75,13 @@ class LiveIndex:
                     raise SnapshotError("a snapshot is ahead of the store")
                 self.indexes = {kind: index for kind, (index, _) in loaded.items()}
                 self.embedder.model.dim = self.indexes[KINDS[0]].dim  # a snapshot of this model's vectors: its dimension
-                placed = self._build_text_indexes()
                 # Replaying from the older snapshot's seq is harmless for the newer one: a replay is idempotent.
                 self.synced_seq = min(seq for _, seq in loaded.values())
-                rebuilt = placed > 0  # a snapshot made before places were indexed is rewritten with them
+                if self._load_text_indexes(key, {seq for _, seq in loaded.values()}):
+                    rebuilt = self._add_places() > 0
+                else:  # a snapshot made before places were indexed is rewritten with them; likewise the text indexes
+                    self._build_text_indexes()
+                    rebuilt = True
             except SnapshotError as exc:
                 log.info("building the indexes from the store (%s)", exc)
                 self.synced_seq = self.store.current_seq()
@@ -140,6 +144,17 @@ class LiveIndex:
             self.embedder.embed_past_work(unembedded)
         return placed
 
+    def _add_places(self) -> int:
+        """The coordinates of the rows of a snapshot made before places were indexed; how many rows got them."""
+        placed = 0
+        for kind in KINDS:
+            meta = self.indexes[kind].meta
+            for row in self.store.vectors(kind, [num for num, m in meta.items() if "lat" not in m]):
+                if row.num in meta:
+                    meta[row.num].update(places.coordinates(row.data))
+                    placed += 1
+        return placed
+
     def add_text(self, kind: EntityKind, rows: list) -> None:
         """Index stored rows (``StoredVector``) in BM25 and, for organisations, the track records and past work."""
         if not rows:
@@ -174,12 +189,56 @@ class LiveIndex:
         for kind in KINDS:
             self.stale[kind] = self.store.count(kind) - len(self.indexes[kind])
 
+    def text_snapshot_path(self):
+        return self.settings.index_dir / self.tenant / "text.snapshot"
+
     def save_snapshots(self) -> None:
+        """Write the vector indexes' snapshots and, with the same seq, the text indexes' (BM25, sentence vectors,
+        track records, past work: ``matcher.arrays_file``, which workers map and share)."""
         with self._lock:
             key = self.snapshot_key()
             for kind, index in self.indexes.items():
                 index.save(self.snapshot_path(kind), seq=self.synced_seq, model=key)
+            arrays = {f"{TRACKED.value}.records.{k}": v for k, v in self.records.to_arrays().items()}
+            arrays.update({f"{TRACKED.value}.past_work.{k}": v for k, v in self.past_work.to_arrays().items()})
+            for kind in KINDS:
+                arrays.update({f"{kind.value}.lexical.{k}": v for k, v in self.lexical[kind].to_arrays().items()})
+                nums, counts, vectors = self.sentences[kind].arrays()
+                arrays.update({f"{kind.value}.sentences.nums": nums, f"{kind.value}.sentences.counts": counts,
+                               f"{kind.value}.sentences.vectors": vectors})
+            path = self.text_snapshot_path()
+            remove_leftovers(path)
+            arrays_file.write(path, {"format": TEXT_SNAPSHOT_FORMAT, "seq": self.synced_seq, "model": key,
+                                     "rows": {kind.value: len(self.indexes[kind]) for kind in KINDS}}, arrays)
             self._changes_since_snapshot = 0
+
+    def _load_text_indexes(self, key: str, seqs: set[int]) -> bool:
+        """The text indexes from their snapshot, when it was written with the vector snapshots just loaded
+        (``seqs``); False (nothing loaded) when it is missing, unreadable or of another state."""
+        path = self.text_snapshot_path()
+        remove_leftovers(path)
+        try:
+            header, arrays = arrays_file.read(path, writable=(f"{TRACKED.value}.past_work.vectors",))
+        except FileNotFoundError:
+            return False
+        except arrays_file.ArraysFileError as exc:
+            log.info("rebuilding the text indexes from the store (%s)", exc)
+            return False
+        rows = {kind.value: len(self.indexes[kind]) for kind in KINDS}
+        if header.get("format") != TEXT_SNAPSHOT_FORMAT or header.get("model") != key or {header.get("seq")} != seqs \
+                or header.get("rows") != rows:
+            log.info("rebuilding the text indexes from the store (their snapshot is of another state)")
+            return False
+
+        def part(prefix: str) -> dict[str, np.ndarray]:
+            return {name[len(prefix):]: array for name, array in arrays.items() if name.startswith(prefix)}
+
+        self.records = TrackRecords.from_arrays(part(f"{TRACKED.value}.records."))
+        self.past_work = PastWork.from_arrays(part(f"{TRACKED.value}.past_work."))
+        self.lexical = {kind: LexicalIndex.from_arrays(part(f"{kind.value}.lexical.")) for kind in KINDS}
+        self.sentences = {kind: SentenceIndex.from_arrays(self.indexes[kind].dim, **part(f"{kind.value}.sentences."))
+                          for kind in KINDS}
+        return True
 
     # --- keeping in sync ------------------------------------------------------------------------
 

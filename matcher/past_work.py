@@ -22,6 +22,8 @@ import threading
 import numpy as np
 import scipy.sparse as sp
 
+from matcher.arrays_file import from_strings, strings
+
 TAU = 0.1  # kernel width in cosine units
 FLOOR = float(np.exp(-8.0))  # mass of an organisation with nothing near the query (e.g. no past projects)
 
@@ -55,9 +57,10 @@ class PastWork:
         self._rows: dict[int, tuple[list[str], np.ndarray, np.ndarray]] = {}  # num -> titles, their slots, counts
         self._orphans: set[str] = set()
         self._built: tuple[np.ndarray, sp.csr_matrix] | None = None  # nums, incidence (rows x slots)
+        self._titles: list[str] | None = None  # slot -> title, while loaded from a snapshot and not yet written to
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._built[0]) if self._titles is not None else len(self._rows)
 
     def titles(self) -> int:
         return len(self._slot)
@@ -66,6 +69,7 @@ class PastWork:
         """(Re)index rows. ``vectors[i]`` holds row i's distinct titles' vectors (``distinct_titles`` order);
         without it, only titles already indexed count (a title can be found again by its text)."""
         with self._lock:
+            self._materialise()
             for i, (num, doc) in enumerate(zip(nums, docs)):
                 num = int(num)
                 self._drop(num)
@@ -84,6 +88,7 @@ class PastWork:
 
     def remove(self, nums: list[int]) -> None:
         with self._lock:
+            self._materialise()
             for num in nums:
                 self._drop(int(num))
             self._forget_orphans()
@@ -145,10 +150,62 @@ class PastWork:
     def closest_titles(self, num: int, query: np.ndarray, limit: int = 3) -> list[tuple[str, float]]:
         """A row's past project titles closest to the query, with their cosines (for explanations)."""
         with self._lock:
-            titles, slots, _ = self._rows.get(int(num), ([], np.zeros(0, np.int64), None))
+            if self._titles is not None:  # as loaded: the row's slots are its incidence row
+                nums, incidence = self._built
+                row = int(np.searchsorted(nums, num))
+                found = row < len(nums) and nums[row] == num
+                slots = incidence.indices[incidence.indptr[row] : incidence.indptr[row + 1]] if found else np.zeros(0, np.int64)
+                titles = [self._titles[s] for s in slots.tolist()]
+            else:
+                titles, slots, _ = self._rows.get(int(num), ([], np.zeros(0, np.int64), None))
             vectors = self._matrix[slots]
         if not titles:
             return []
         sims = vectors @ query.astype(np.float32)
         order = np.argsort(-sims, kind="stable")[:limit]
         return [(titles[i], float(sims[i])) for i in order]
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """What ``from_arrays`` needs: the titles held and their vectors (slots renumbered without gaps), and each
+        row's slots and counts."""
+        nums, incidence = self._build()
+        with self._lock:
+            slots = np.flatnonzero(self._live[: incidence.shape[1]])
+            if self._titles is not None:
+                titles = [self._titles[s] for s in slots.tolist()]
+            else:
+                title_of = {slot: title for title, slot in self._slot.items()}
+                titles = [title_of[s] for s in slots.tolist()]
+            renumber = np.full(incidence.shape[1], -1, np.int64)
+            renumber[slots] = np.arange(len(slots))
+            return {"titles": strings(titles), "vectors": self._matrix[slots], "nums": nums,
+                    "indptr": incidence.indptr, "slots": renumber[incidence.indices], "counts": incidence.data}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> PastWork:
+        """Past work as ``to_arrays`` gave it: ready to rank at once (``vectors`` may be mapped copy-on-write); the
+        per-row dicts that writes change are made from the arrays on the first write (``_materialise``)."""
+        self = cls()
+        self._titles = from_strings(arrays["titles"])
+        self._slot = {title: slot for slot, title in enumerate(self._titles)}
+        self._matrix, self._live = arrays["vectors"], np.ones(len(self._titles), bool)
+        nums = np.asarray(arrays["nums"], np.int64)
+        self._built = (nums, sp.csr_matrix((arrays["counts"], arrays["slots"], arrays["indptr"]),
+                                           shape=(len(nums), len(self._titles))))
+        return self
+
+    def _materialise(self) -> None:
+        """Make the per-row dicts from the loaded arrays (with the lock held), before a write changes them."""
+        if self._titles is None:
+            return
+        nums, incidence = self._built
+        for row, num in enumerate(nums.tolist()):
+            span = slice(incidence.indptr[row], incidence.indptr[row + 1])
+            slots = np.asarray(incidence.indices[span], np.int64)
+            titles = [self._titles[s] for s in slots.tolist()]
+            self._rows[num] = (titles, slots, np.asarray(incidence.data[span], np.float32))
+            for title in titles:
+                self._refs[title] = self._refs.get(title, 0) + 1
+        self._titles = None

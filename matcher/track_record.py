@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from matcher.arrays_file import from_strings, ragged, strings, unragged
+
 TRACK_FEATURES = ("projects", "coordinated", "partners", "years_since")  # ``TrackRecords.features``, in order
 
 
@@ -61,16 +63,24 @@ class TrackRecords:
         self._resolved: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # num -> (partner nums, shared projects)
         self._referenced_by: dict[str, set[int]] = {}  # partner id -> rows that name it
         self._lock = threading.Lock()
-        self._graph: sp.csr_matrix | None = None
+        self._graph: sp.csr_matrix | None = None  # rows and columns: _nums
         self._linked: sp.csr_matrix | None = None  # 1 where two organisations share a project
-        self._order: dict[int, int] = {}
         self._nums = np.zeros(0, np.int64)
         self._features = np.zeros((0, len(TRACK_FEATURES)))  # one row per num of _nums (``features``)
         self.newest_year: int | None = None
         self._any_known = False
+        self._snapshot: dict[str, np.ndarray] | None = None  # loaded, and the dicts above not made from it yet
 
     def __len__(self) -> int:
-        return len(self._records)
+        return len(self._nums) if self._snapshot is not None else len(self._records)
+
+    def _row(self, nums: np.ndarray) -> np.ndarray:
+        """The graph row of each num (-1: none)."""
+        nums = np.asarray(nums, np.int64)
+        if not len(self._nums):
+            return np.full(len(nums), -1)
+        position = np.minimum(np.searchsorted(self._nums, nums), len(self._nums) - 1)
+        return np.where(self._nums[position] == nums, position, -1)
 
     def _resolve(self, num: int) -> None:
         record = self._records[num]
@@ -79,6 +89,7 @@ class TrackRecords:
 
     def upsert(self, nums: list[int], docs: list[dict]) -> None:
         with self._lock:
+            self._materialise()
             again: set[int] = set()
             for num, doc in zip(nums, docs):
                 num = int(num)
@@ -101,6 +112,7 @@ class TrackRecords:
 
     def remove(self, nums: list[int]) -> None:
         with self._lock:
+            self._materialise()
             for num in nums:
                 num = int(num)
                 record = self._records.pop(num, None)
@@ -118,14 +130,13 @@ class TrackRecords:
         self._build()
         return self._any_known
 
-    def _build(self) -> tuple[sp.csr_matrix, dict[int, int]]:
+    def _build(self) -> sp.csr_matrix:
         """Symmetric counts of shared projects between stored organisations (either side may list them)."""
         with self._lock:
             if self._graph is not None:
-                return self._graph, self._order
+                return self._graph
             nums = np.array(sorted(self._records), np.int64)
             n = len(nums)
-            order = {int(num): i for i, num in enumerate(nums)}
             parts = [self._resolved[int(num)] for num in nums]
             lengths = np.fromiter((len(p) for p, _ in parts), np.int64, n)
             rows = np.repeat(np.arange(n), lengths)
@@ -140,10 +151,10 @@ class TrackRecords:
             years = [r.last_year for r in self._records.values() if r.last_year]
             self.newest_year = max(years) if years else None
             self._linked = (graph > 0).astype(np.float32).tocsr()
-            self._graph, self._order, self._nums = graph, order, nums
+            self._graph, self._nums = graph, nums
             self._features = np.array([list(self._features_of(self._records[int(num)]).values()) for num in nums]
                                       ).reshape(n, len(TRACK_FEATURES))
-            return graph, order
+            return graph
 
     def linked_to(self, seeds: list[int], weights: np.ndarray | None = None) -> dict[int, float]:
         """For every organisation that worked with any seed: how many seeds it worked with (weighted)."""
@@ -152,8 +163,8 @@ class TrackRecords:
 
     def linked_arrays(self, seeds: list[int], weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``linked_to`` as arrays: (nums, how many seeds each worked with), nums ascending."""
-        graph, order = self._build()
-        index = [order[s] for s in seeds if s in order]
+        graph = self._build()
+        index = [int(r) for r in self._row(np.asarray(seeds, np.int64)) if r >= 0]
         if not index:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         w = np.ones(len(index), np.float32) if weights is None else np.asarray(weights, np.float32)[: len(index)]
@@ -166,19 +177,16 @@ class TrackRecords:
     def feature_rows(self, nums: np.ndarray) -> np.ndarray:
         """``features`` of many rows as one matrix (columns in ``TRACK_FEATURES`` order; zeros for unknown rows)."""
         self._build()
-        nums = np.asarray(nums, np.int64)
-        out = np.zeros((len(nums), len(TRACK_FEATURES)))
-        if len(self._nums):
-            position = np.minimum(np.searchsorted(self._nums, nums), len(self._nums) - 1)
-            found = self._nums[position] == nums
-            out[found] = self._features[position[found]]
+        row = self._row(nums)
+        out = np.zeros((len(row), len(TRACK_FEATURES)))
+        out[row >= 0] = self._features[row[row >= 0]]
         return out
 
     def neighbours(self, num: int) -> set[int]:
         """The stored organisations this one has shared a project with."""
-        graph, order = self._build()
-        row = order.get(int(num))
-        if row is None:
+        graph = self._build()
+        row = int(self._row(np.array([num]))[0])
+        if row < 0:
             return set()
         return {int(self._nums[j]) for j in graph.indices[graph.indptr[row] : graph.indptr[row + 1]]}
 
@@ -196,3 +204,60 @@ class TrackRecords:
             gap = float(min(self.newest_year - record.last_year, 5))
         return {"projects": math.log1p(record.projects), "coordinated": math.log1p(record.coordinated),
                 "partners": math.log1p(len(record.partners)), "years_since": gap}
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """What ``from_arrays`` needs: each row's record, and the graph and signals as built."""
+        graph = self._build()
+        with self._lock:
+            if self._snapshot is not None:  # nothing changed since it was loaded
+                return dict(self._snapshot)
+            records = [self._records[int(n)] for n in self._nums]
+            partner_ids = list(dict.fromkeys(p for r in records for p in r.partners))
+            code = {p: i for i, p in enumerate(partner_ids)}
+            lengths, codes = ragged([np.array([code[p] for p in r.partners], np.int64) for r in records], np.int64)
+            return {
+                "nums": self._nums, "ids": strings([self._id_of[int(n)] for n in self._nums]),
+                "projects": np.array([r.projects for r in records], np.int64),
+                "coordinated": np.array([r.coordinated for r in records], np.int64),
+                "last_year": np.array([r.last_year or 0 for r in records], np.int64),
+                "partner_lengths": lengths, "partner_codes": codes, "partner_ids": strings(partner_ids),
+                "partner_counts": np.concatenate([np.array(r.partner_counts, np.int64) for r in records] or [np.zeros(0, np.int64)]),
+                "graph_indptr": graph.indptr, "graph_indices": graph.indices, "graph_data": graph.data,
+                "features": self._features, "newest_year": np.array([self.newest_year or 0]),
+                "any_known": np.array([self._any_known]),
+            }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> TrackRecords:
+        """Track records as ``to_arrays`` gave them: ready to rank at once; the per-row records that writes change
+        are made from the arrays on the first write (``_materialise``)."""
+        self = cls()
+        self._nums = np.asarray(arrays["nums"], np.int64)
+        n = len(self._nums)
+        self._graph = sp.csr_matrix((arrays["graph_data"], arrays["graph_indices"], arrays["graph_indptr"]), shape=(n, n))
+        self._linked = (self._graph > 0).astype(np.float32).tocsr()
+        self._features = np.asarray(arrays["features"]).reshape(n, len(TRACK_FEATURES))
+        self.newest_year = int(arrays["newest_year"][0]) or None
+        self._any_known = bool(arrays["any_known"][0])
+        self._snapshot = arrays
+        return self
+
+    def _materialise(self) -> None:
+        """Make the per-row records from the snapshot's arrays (with the lock held), before a write changes them."""
+        arrays, self._snapshot = self._snapshot, None
+        if arrays is None:
+            return
+        ids, partner_ids = from_strings(arrays["ids"]), from_strings(arrays["partner_ids"])
+        lengths = arrays["partner_lengths"]
+        codes, counts = unragged(lengths, arrays["partner_codes"]), unragged(lengths, arrays["partner_counts"])
+        for i, num in enumerate(self._nums.tolist()):
+            partners = tuple(partner_ids[c] for c in codes[i].tolist())
+            self._records[num] = Record(int(arrays["projects"][i]), int(arrays["coordinated"][i]),
+                                        int(arrays["last_year"][i]) or None, partners, tuple(counts[i].tolist()))
+            self._num_of[ids[i]], self._id_of[num] = num, ids[i]
+            for pid in partners:
+                self._referenced_by.setdefault(pid, set()).add(num)
+        for num in self._records:
+            self._resolve(num)

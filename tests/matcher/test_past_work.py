@@ -83,6 +83,7 @@ def test_a_store_from_before_past_work_is_embedded_on_load(engine_with_work, set
     with store.engine.begin() as conn:  # as an older version left it
         conn.execute(update(organisations).values(project_vectors=None))
     store.dispose()
+    engine_with_work.live.text_snapshot_path().unlink()  # an older version wrote no text indexes' snapshot
     reopened = Engine(settings, encoder=encoder).open()
     reopened.load_indexes()
     assert reopened.live.past_work.titles() == 3
