@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install browser run test test-fast test-postgres bench bench-consortium bench-schedule bench-load clean
+.PHONY: install browser run test test-fast test-postgres bench bench-consortium bench-schedule bench-load bench-txtai bench-speed clean
 
 # The pinned requirements, then the project itself in editable mode (pyproject.toml), so that models, matcher
 # and service import from the checkout in every script run with the venv's python (bench/ included).
@@ -61,6 +61,16 @@ bench-schedule: install
 ## scenario. The store is imported once into var/bench-load/ and reused.
 bench-load: install
 	$(BIN)/python bench/load.py
+
+## This product beside txtai 9.14 (hybrid BM25 + dense, its own venv in var/txtai-venv) on the same model and 10k
+## organisations: one-line matches over HTTP with 4 clients, and recall@10 / nDCG@10 on the call texts.
+bench-txtai: install
+	$(BIN)/python bench/txtai_compare.py
+
+## Issue 26's speed targets (HTTP at 10k, in process at 10k/14.8k/100k, worker start at 14.8k/100k) beside the
+## bare torch encode; stores of N organisations made once from var/eval/pool by bench/stores.py (~8 min).
+bench-speed: install
+	$(BIN)/python bench/speed.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache *.egg-info

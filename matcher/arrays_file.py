@@ -78,8 +78,9 @@ def read(path: Path, writable: tuple[str, ...] = ()) -> tuple[dict, dict[str, np
             if not nbytes:
                 arrays[name] = np.zeros(shape, dtype)
                 continue
+            # A plain view of the map (numpy's memmap subclass costs about 1 ms an indexing); it keeps the map open.
             array = np.memmap(path, dtype=dtype, mode="c" if name in writable else "r", offset=start + spec["offset"],
-                              shape=shape)
+                              shape=shape).view(np.ndarray)
             if zlib.crc32(array.view(np.uint8).reshape(-1)) != spec["crc"]:
                 raise ArraysFileError(f"{path}: array {name} fails its checksum")
             arrays[name] = array

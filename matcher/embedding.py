@@ -1,8 +1,8 @@
 """Embedding: the model one process shares, and one tenant's embedding work with it.
 
 ``SharedModel`` loads the encoder on first use, once per process, for every tenant's engine. ``Embedder``
-holds one tenant's cache of sentences embedded alone (past project titles, query titles, the sentences of
-rows stored without sentence vectors) and builds the ``EmbeddingRecord`` of each written document,
+holds one tenant's caches of sentences embedded alone (past project titles, query titles, the sentences of
+rows stored without sentence vectors) and of free-text query vectors, and builds the ``EmbeddingRecord`` of each written document,
 reusing the stored one wherever the text and the model are unchanged.
 """
 from __future__ import annotations
@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -48,7 +49,9 @@ class SharedModel:
         if self.encoder is None:
             with self._lock:
                 if self.encoder is None:
-                    self.encoder = Encoder(settings.model, batch_size=settings.encode_batch_size)
+                    self.encoder = Encoder(settings.model, batch_size=settings.encode_batch_size,
+                                           runtime=settings.encoder_runtime, models_dir=settings.export_dir,
+                                           threads=settings.torch_threads)
                     self._name, self.dim = self.encoder.name, self.encoder.dim
         return self.encoder
 
@@ -59,15 +62,51 @@ class SharedModel:
         return self._name
 
 
+class VectorCache:
+    """Vectors by key, the ``bound()`` most recently used kept (0: none), shared by request threads: the lock is held
+    only to read and update it, so another thread embeds meanwhile."""
+
+    def __init__(self, bound: Callable[[], int]):
+        self.bound = bound
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def vectors(self, items: list[str], compute, key=lambda item: item) -> list[np.ndarray]:
+        """The vector of each item: cached under ``key(item)``, else one of those ``compute(missing items)`` gives."""
+        keys = [key(item) for item in items]
+        with self._lock:
+            known = {k: self._items[k] for k in dict.fromkeys(keys) if k in self._items}
+        missing = {k: item for k, item in zip(keys, items) if k not in known}
+        if missing:
+            known.update(zip(missing, compute(list(missing.values()))))
+        bound = self.bound()
+        with self._lock:
+            for k in keys if bound else ():
+                self._items[k] = known[k]
+                self._items.move_to_end(k)
+            while len(self._items) > bound:
+                self._items.popitem(last=False)
+        return [known[k] for k in keys]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
 class Embedder:
-    """One tenant's embedding: its sentence-vector cache, and the embeddings of the documents it writes."""
+    """One tenant's embedding: its caches of sentence and query vectors, and the embeddings of the documents it
+    writes."""
 
     def __init__(self, settings: Settings, store: Store, model: SharedModel):
         self.settings = settings
         self.store = store
         self.model = model
-        self._sentences: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._sentences_lock = threading.Lock()  # request threads share the cache
+        self._sentences = VectorCache(lambda: _SENTENCE_CACHE)
+        # Per tenant, not per process: how fast a query answers says nothing of another tenant's queries.
+        self._queries = VectorCache(lambda: settings.query_cache)
 
     @property
     def encoder(self) -> Encoder:
@@ -87,23 +126,20 @@ class Embedder:
         """Vectors of sentences embedded alone (for rows stored without sentence vectors), cached per process."""
         if not sentences:
             return np.zeros((0, self.encoder.dim), np.float32)
-        with self._sentences_lock:  # held only to read and update the cache: another thread embeds meanwhile
-            known = {s: self._sentences[s] for s in dict.fromkeys(sentences) if s in self._sentences}
-        missing = [s for s in dict.fromkeys(sentences) if s not in known]
-        if missing:
-            known.update(zip(missing, self.encoder.encode_sentences(missing)))
-        with self._sentences_lock:
-            for s in sentences:
-                self._sentences[s] = known[s]
-                self._sentences.move_to_end(s)
-            while len(self._sentences) > _SENTENCE_CACHE:
-                self._sentences.popitem(last=False)
-        return np.vstack([known[s] for s in sentences])
+        return np.vstack(self._sentences.vectors(sentences, self.encoder.encode_sentences))
+
+    def query_vectors(self, texts: list[str]) -> np.ndarray:
+        """Vectors of free-text queries, cached by text hash (MATCHER_QUERY_CACHE): ``encoder.encode`` over the first
+        MATCHER_QUERY_WINDOWS windows of a long text (0: all)."""
+        if not texts:
+            return np.zeros((0, self.encoder.dim), np.float32)
+        windows = self.settings.query_windows or None
+        return np.vstack(self._queries.vectors(texts, lambda todo: self.encoder.encode(todo, max_windows=windows),
+                                               key=text_hash))
 
     def forget_sentences(self) -> None:
         """Drop the cache (sentences are cached by their text: keep none of a deleted row's)."""
-        with self._sentences_lock:
-            self._sentences.clear()
+        self._sentences.clear()
 
     def project_vectors(self, doc: dict, kind: EntityKind = EntityKind.organisations) -> bytes | None:
         """The titles stored embedded alone with a document: an organisation's past project titles; a challenge's

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
@@ -49,6 +50,8 @@ class LiveIndex:
         self.sentences: dict[EntityKind, SentenceIndex] = {}  # each profile's sentence vectors
         self.stale: dict[EntityKind, int] = {kind: 0 for kind in KINDS}
         self.synced_seq = -1
+        self._explained: OrderedDict[tuple[EntityKind, int], tuple] = OrderedDict()  # see ``explained``
+        self._explained_lock = threading.Lock()
         self._lock = threading.RLock()
         self._changes_since_snapshot = 0
 
@@ -185,6 +188,30 @@ class LiveIndex:
         return Corpus(self.indexes[kind], self.lexical[kind], self.records if tracked else None, self.sentences[kind],
                       self.past_work if tracked else None)
 
+    def explained(self, kind: EntityKind, nums: list[int]) -> dict[int, tuple[dict, list[str] | None, np.ndarray | None]]:
+        """What explaining a match reads of its row: the document, and its stored sentences with their vectors
+        (None without any of this model's). The rows explained last are kept decoded (``MATCHER_EXPLAIN_CACHE``),
+        as the same profiles are explained again and again; a change to a row drops it (``_replay``)."""
+        with self._explained_lock:
+            out = {n: self._explained[(kind, n)] for n in nums if (kind, n) in self._explained}
+            for n in out:
+                self._explained.move_to_end((kind, n))
+        missing = [n for n in nums if n not in out]
+        if missing:
+            docs = self.store.get_by_nums(kind, missing)
+            stored = self.store.sentence_vectors(kind, list(docs))
+            model, dim = self.embedder.model_name, self.embedder.dim
+            for num, doc in docs.items():
+                entry = stored.get(num)
+                sentences, vectors = (entry[0], matrix_from_bytes(entry[1], dim)) if entry and entry[2] == model else (None, None)
+                out[num] = (doc, sentences, vectors)
+            with self._explained_lock:
+                for num in docs:
+                    self._explained[(kind, num)] = out[num]
+                while len(self._explained) > self.settings.explain_cache:
+                    self._explained.popitem(last=False)
+        return out
+
     def _count_stale(self) -> None:
         for kind in KINDS:
             self.stale[kind] = self.store.count(kind) - len(self.indexes[kind])
@@ -267,6 +294,10 @@ class LiveIndex:
         touched: dict[EntityKind, dict[int, None]] = {kind: {} for kind in KINDS}
         for change in changes:
             touched[change.kind][change.num] = None
+        with self._explained_lock:
+            for kind, nums in touched.items():
+                for num in nums:
+                    self._explained.pop((kind, num), None)
         for kind, rows_touched in touched.items():
             nums = list(rows_touched)
             index, present = self.indexes[kind], set()

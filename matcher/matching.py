@@ -16,7 +16,6 @@ import numpy as np
 
 from matcher import explain, places
 from matcher.embedding import EXPLAIN_SENTENCES, Embedder
-from matcher.encoder import matrix_from_bytes
 from matcher.hybrid import Ranked, past_work_vector, rank
 from matcher.index import Filter
 from matcher.live_index import LiveIndex
@@ -89,7 +88,7 @@ class Matcher:
         texts = list(dict.fromkeys(r.query.text for r in requests if r.query.text is not None and r.query.text not in text_vectors))
         encode_started = time.perf_counter()
         if texts:
-            text_vectors.update(zip(texts, self.embedder.encoder.encode(texts)))
+            text_vectors.update(zip(texts, self.embedder.query_vectors(texts)))
         encode_s, fresh = time.perf_counter() - encode_started, set(texts)
         lengths = [len(r.query.text) if r.query.text in fresh else 0 for r in requests]
         before_s = (encode_started - started) / max(len(requests), 1)
@@ -137,7 +136,7 @@ class Matcher:
         if q.text is not None:
             vector, doc, kind, title = text_vectors.get(q.text), None, None, query_title(q.text)
             if vector is None:
-                vector = self.embedder.encoder.encode([q.text])[0]
+                vector = self.embedder.query_vectors([q.text])[0]
         else:
             kind, field = next((k, f) for k, f in QUERY_IDS.items() if getattr(q, f) is not None)
             doc = self.live.store.get(kind, getattr(q, field))
@@ -219,23 +218,19 @@ class Matcher:
 
     def _explain(self, ctx: MatchContext, ranked: list[Ranked]) -> dict[int, dict]:
         """Why each match ranked where it did, from the signals the ranker used (past work: by the title's vector)."""
-        docs = self.live.store.get_by_nums(ctx.target, [r.num for r in ranked])
+        rows = self.live.explained(ctx.target, [r.num for r in ranked])
         dim = self.embedder.dim
         query_terms = explain.key_terms(ctx.request.query.text if ctx.query_doc is None else profile_terms_text(ctx.query_doc))
         per_hit = {}
-        stored = self.live.store.sentence_vectors(ctx.target, [r.num for r in ranked if r.num in docs])
         missing: list[str] = []
         for r in ranked:
-            doc = docs.get(r.num)
-            if doc is None:  # deleted between search and fetch
+            if r.num not in rows:  # deleted between search and fetch
                 continue
-            entry = stored.get(r.num)
-            if entry is not None and entry[2] == self.embedder.model_name:
-                per_hit[r.num] = (doc, entry[0], matrix_from_bytes(entry[1], dim))
-            else:  # stored before sentence vectors existed: embed the description's sentences now
+            doc, sentences, vectors = rows[r.num]
+            if sentences is None:  # stored before sentence vectors existed: embed the description's sentences now
                 sentences = split_sentences(doc["description"])[:EXPLAIN_SENTENCES]
-                per_hit[r.num] = (doc, sentences, None)
                 missing.extend(sentences)
+            per_hit[r.num] = (doc, sentences, vectors)
         fresh = dict(zip(missing, self.embedder.sentence_vectors(missing))) if missing else {}
         out = {}
         for r in ranked:

@@ -71,14 +71,32 @@ class Settings:
         "characters of text one request may have embedded (profile texts and past project titles of a write, "
         "query texts of a match); more gets 413 `over_budget`")
     torch_threads: int = setting(
-        "MATCHER_TORCH_THREADS", "1", int, "torch threads per worker (with 2 workers on 2 cores, 1 is fastest)")
+        "MATCHER_TORCH_THREADS", "1", int,
+        "model threads per worker, torch or ONNX Runtime (with 2 workers on 2 cores, 1 is fastest)")
     bulk_torch_threads: int = setting(
-        "MATCHER_BULK_TORCH_THREADS", "0", int, "torch threads while a write embeds 32 or more texts",
+        "MATCHER_BULK_TORCH_THREADS", "0", int, "model threads while a write embeds 32 or more texts",
         shown="`0` (every core)")
     encode_batch_size: int = setting(
         "MATCHER_ENCODE_BATCH_SIZE", "32", int, "texts per encoder batch")
+    encoder_runtime: str = setting(
+        "MATCHER_ENCODER_RUNTIME", "onnx", str.lower,
+        "`onnx`: the model runs on ONNX Runtime, exported once into `MATCHER_MODELS_DIR` and checked against torch "
+        "(a model that fails runs on torch); `torch`: on sentence-transformers. The thread settings apply to either")
+    models_dir: Path | None = setting(
+        "MATCHER_MODELS_DIR", "", lambda text: _path(text) if text else None,
+        "where the ONNX exports of models are kept (one folder per model; several data dirs may share one)",
+        shown="`<data dir>/models`")
+    query_cache: int = setting(
+        "MATCHER_QUERY_CACHE", "1024", int, "query texts whose vectors each tenant keeps per process (`0`: none)")
+    query_windows: int = setting(
+        "MATCHER_QUERY_WINDOWS", "0", int,
+        "model windows of a long free-text query that are embedded, from its start (`0`: all; profiles always use "
+        "all). A call text has about 4; `2` halves its encoding time, dev nDCG@10 and R@50 within 0.003 (`bench/encoder.py`)")
     max_body_bytes: int = setting(
         "MATCHER_MAX_BODY_BYTES", "16777216", int, "larger request bodies get 413")
+    explain_cache: int = setting(
+        "MATCHER_EXPLAIN_CACHE", "5000", int,
+        "matched profiles a worker keeps decoded for explanations (document and sentence vectors); `0`: none")
     snapshot_every: int = setting(
         "MATCHER_SNAPSHOT_EVERY", "500", int, "a worker rewrites the index snapshots after this many applied changes")
     log_level: str = setting(
@@ -172,6 +190,11 @@ class Settings:
     @property
     def index_dir(self) -> Path:
         return self.data_dir / "index"
+
+    @property
+    def export_dir(self) -> Path:
+        """Where ``matcher.onnx_export`` keeps each model's export."""
+        return self.models_dir or self.data_dir / "models"
 
     def describe(self) -> dict:
         """The settings as plain values (for logs and `python -m matcher settings`); secrets are masked."""

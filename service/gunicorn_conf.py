@@ -3,13 +3,13 @@
     gunicorn -c service/gunicorn_conf.py "service:create_app()"
 
 The app is preloaded: the master imports it and loads the model once (no encode() before the fork: that
-hangs the workers). Each worker then limits torch to MATCHER_TORCH_THREADS threads, drops the master's
+hangs the workers). Each worker then limits torch, BLAS and FAISS to MATCHER_TORCH_THREADS threads, drops the master's
 database connections, warms the model up and loads its indexes before it takes requests.
 
 The workers are service.http_edge.EdgeWorker: MATCHER_THREADS request threads each, fed only whole requests
 (slow clients hold no thread), and gunicorn's own refusals answered in the API's JSON error shape.
 """
-from matcher import places
+from matcher import cpu, places
 from matcher.settings import Settings
 from service import auth, ratelimit
 
@@ -65,9 +65,7 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    import torch
-
-    torch.set_num_threads(_settings.torch_threads)
+    cpu.limit_threads(_settings.torch_threads)
     engine = _engine(worker.wsgi)
     engine.encoder.encode(["warm-up"])
     for tenant_engine in engine.all_tenants():

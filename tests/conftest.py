@@ -9,6 +9,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Every test's data dir is new; the model's ONNX export (about 90 MB, made and checked once per model) is shared by
+# all of them and by the services the tests start, and kept between runs. tests/matcher/test_onnx_encoder.py makes
+# exports of its own.
+os.environ.setdefault("MATCHER_MODELS_DIR", str(ROOT / "var" / "test-models"))
 
 from matcher.encoder import Encoder  # noqa: E402
 from matcher.engine import Engine  # noqa: E402

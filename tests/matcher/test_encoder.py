@@ -86,3 +86,43 @@ def test_model_setting_errors_and_fingerprints(encoder, tmp_path):
     config.unlink()
     config.write_text(json.dumps({**data, "hidden_dropout_prob": 0.2}))
     assert model_fingerprint(str(copy)) != encoder.name
+
+
+def test_query_vectors_are_cached_bounded_and_identical(engine, monkeypatch):
+    import dataclasses
+
+    from matcher.embedding import Embedder
+
+    def embedder(bound: int) -> Embedder:
+        return Embedder(dataclasses.replace(engine.settings, query_cache=bound), engine.store, engine.embedder.model)
+
+    calls = []
+    real = engine.encoder.encode
+    monkeypatch.setattr(engine.encoder, "encode", lambda texts, **kw: calls.append(list(texts)) or real(texts, **kw))
+    cached, texts = embedder(2), ["smart street lighting", "water leak detection", "smart street lighting"]
+    first = cached.query_vectors(texts)
+    assert calls == [texts[:2]] and np.allclose(first, real(texts), atol=1e-6)
+    assert np.array_equal(cached.query_vectors(texts[1::-1]), first[1::-1]) and len(calls) == 1
+    cached.query_vectors(["district heating"])  # the least recently used ("water leak detection") goes
+    assert len(cached._queries) == 2 and len(calls) == 2
+    assert np.array_equal(cached.query_vectors(texts[:1]), first[:1]) and len(calls) == 2
+    assert np.allclose(cached.query_vectors(texts[1:2]), first[1:2], atol=1e-6) and calls[-1] == texts[1:2]  # again
+    off = embedder(0)
+    off.query_vectors(texts[:1])
+    off.query_vectors(texts[:1])
+    assert calls[-2:] == [texts[:1], texts[:1]] and len(off._queries) == 0
+    assert off.query_vectors([]).shape == (0, engine.encoder.dim)
+
+
+def test_query_windows_embed_the_start_of_a_long_query(engine):
+    import dataclasses
+
+    from matcher.embedding import Embedder
+
+    long = "We design battery storage controllers for microgrids. " * 40 + "Acoustic leak detection in water pipes. " * 40
+    first = engine.encoder.windows(long)[0]
+    assert len(engine.encoder.windows(long)) >= 3
+    start = Embedder(dataclasses.replace(engine.settings, query_windows=1), engine.store, engine.embedder.model)
+    vector = start.query_vectors([long])[0]
+    assert np.allclose(vector, engine.encoder.encode([first.text])[0], atol=1e-5)
+    assert vector @ engine.embedder.query_vectors([long])[0] < 0.99  # every window (the default) is another vector

@@ -100,6 +100,7 @@ def test_explanations_use_sentence_vectors_stored_at_write_time(loaded, monkeypa
 
     with loaded.store.engine.begin() as conn:
         conn.execute(organisations.update().where(organisations.c.id == "aquasense").values(sentence_vectors=None))
+    loaded.live._explained.clear()  # rows explained above are kept decoded; a worker started on that store has none
     result = loaded.match(req(query={"text": "leak detection for water pipes"}, k=1))
     assert len(calls) == 2 and result["matches"][0]["explanation"]["closest_sentence"].startswith("Acoustic sensors")
 
@@ -167,3 +168,14 @@ def test_sentence_cache_never_evicts_what_a_request_needs(engine, monkeypatch):
     both = engine.embedder.sentence_vectors(["three.", "four.", "five.", "one sentence."])
     assert both.shape == (4, engine.encoder.dim) and len(engine.embedder._sentences) == 3
     assert abs(float(both[3] @ first[0]) - 1.0) < 1e-5
+
+
+def test_explanations_follow_an_updated_profile(loaded):
+    """The decoded rows kept for explanations (MATCHER_EXPLAIN_CACHE) are dropped when their row changes."""
+    query = req(query={"text": "leak detection for water pipes"}, k=1)
+    first = loaded.match(query)["matches"][0]["explanation"]["closest_sentence"]
+    assert first.startswith("Acoustic sensors") and loaded.live._explained
+    changed = {**loaded.get(ORG, "aquasense"), "description": "Hydrophones that hear leaks in water mains at night."}
+    loaded.upsert_many(ORG, [changed])
+    again = loaded.match(query)["matches"][0]
+    assert again["id"] == "aquasense" and again["explanation"]["closest_sentence"].startswith("Hydrophones")
