@@ -116,6 +116,13 @@ class TorchModel:
         self.dim = int(self.model.get_embedding_dimension())
         self.max_length = int(self.model.max_seq_length)
 
+    @property
+    def serving(self) -> int:
+        """The threads a model run takes now."""
+        import torch
+
+        return torch.get_num_threads()
+
     def token_counts(self, texts: list[str]) -> list[int]:
         encoded = self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
         return [len(ids) for ids in encoded]

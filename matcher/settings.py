@@ -89,9 +89,9 @@ class Settings:
     query_cache: int = setting(
         "MATCHER_QUERY_CACHE", "1024", int, "query texts whose vectors each tenant keeps per process (`0`: none)")
     query_windows: int = setting(
-        "MATCHER_QUERY_WINDOWS", "0", int,
-        "model windows of a long free-text query that are embedded, from its start (`0`: all; profiles always use "
-        "all). A call text has about 4; `2` halves its encoding time, dev nDCG@10 and R@50 within 0.003 (`bench/encoder.py`)")
+        "MATCHER_QUERY_WINDOWS", "2", int,
+        "model windows of a long free-text query that are embedded, from its start (`0`: all; stored profiles always "
+        "use all). A call text has 4 to 5: its first 2 take half the time, dev figures within 0.001 (`bench/encoder.py`)")
     max_body_bytes: int = setting(
         "MATCHER_MAX_BODY_BYTES", "16777216", int, "larger request bodies get 413")
     explain_cache: int = setting(

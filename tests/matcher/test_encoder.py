@@ -122,7 +122,12 @@ def test_query_windows_embed_the_start_of_a_long_query(engine):
     long = "We design battery storage controllers for microgrids. " * 40 + "Acoustic leak detection in water pipes. " * 40
     first = engine.encoder.windows(long)[0]
     assert len(engine.encoder.windows(long)) >= 3
-    start = Embedder(dataclasses.replace(engine.settings, query_windows=1), engine.store, engine.embedder.model)
-    vector = start.query_vectors([long])[0]
+    def embedder(windows: int) -> Embedder:
+        return Embedder(dataclasses.replace(engine.settings, query_windows=windows), engine.store, engine.embedder.model)
+
+    vector = embedder(1).query_vectors([long])[0]
     assert np.allclose(vector, engine.encoder.encode([first.text])[0], atol=1e-5)
-    assert vector @ engine.embedder.query_vectors([long])[0] < 0.99  # every window (the default) is another vector
+    every = embedder(0).query_vectors([long])[0]
+    assert np.allclose(every, engine.encoder.encode([long])[0], atol=1e-6) and vector @ every < 0.99
+    assert engine.settings.query_windows == 2  # the default: the first two
+    assert np.allclose(engine.embedder.query_vectors([long])[0], engine.encoder.encode([long], max_windows=2)[0], atol=1e-6)
