@@ -11,7 +11,7 @@
 2. An API key of that tenant (read, match, write) with its own limit of 1,000,000 requests a minute, so the
    shared per-key rate limiter runs but should never throttle (--no-rate-limit: MATCHER_RATE_LIMIT=0 and a key
    without a limit of its own, so the limiter is not consulted); the key is revoked at the end.
-3. gunicorn as `make run` starts it (service/gunicorn_conf.py, 2 sync workers, 127.0.0.1, a free port, job runner
+3. gunicorn as `make run` starts it (service/gunicorn_conf.py, 2 workers, 127.0.0.1, a free port, job runner
    off, MATCHER_LOAD_DEMO=0); ready when /readyz answers 200 and every worker has logged that it is ready.
 4. Each scenario runs `locust --headless` (bench/locustfile.py) for --duration seconds against that server:
    match users (POST /v1/match, k=10, text queries from the dev call texts and from pool descriptions of
@@ -190,6 +190,34 @@ def query_texts(queries_file: Path, pool: Path, stored_ids: set[str], seed: int)
     return calls, descriptions[:QUERY_DESCRIPTIONS]
 
 
+def encode_times(data_dir: Path, calls: list[str], descriptions: list[str]) -> dict:
+    """What encoding each match text costs a worker: the product's encoder (MATCHER_ENCODER_RUNTIME, 1 thread, the
+    export in the store's data dir) on each text alone, over the windows a match embeds (MATCHER_QUERY_WINDOWS), in
+    this process before the server starts. p50 over each kind of text and over all (the match users draw from
+    both alike)."""
+    import statistics
+
+    from matcher.encoder import Encoder
+    from matcher.settings import Settings
+
+    settings = Settings.from_env(data_dir=data_dir)
+    encoder = Encoder(settings.model, models_dir=settings.export_dir, threads=1)
+    windows = settings.query_windows or None
+    encoder.encode(calls[:3], max_windows=windows)  # warm-up
+    out = {"runtime": encoder.runtime, "query_windows": settings.query_windows}
+    every = []
+    for name, texts in (("calls", calls), ("descriptions", descriptions)):
+        times = []
+        for text in texts:
+            started = time.perf_counter()
+            encoder.encode([text], max_windows=windows)
+            times.append((time.perf_counter() - started) * 1000)
+        every += times
+        out[f"{name}_p50_ms"] = statistics.median(times)
+    out["p50_ms"] = statistics.median(every)
+    return out
+
+
 # --- 2-3. the server --------------------------------------------------------------------------------
 
 
@@ -360,13 +388,24 @@ def render(result: dict) -> str:
             for sample in r["error_samples"]:
                 lines.append(f"- error ({cls}): {sample}")
         lines.append("")
+    e = result["encoding"]
+    lines.append(f"Encoding a match text alone ({e['runtime']}, 1 thread, first {e['query_windows'] or 'all'} windows, "
+                 f"before the server started): p50 {e['p50_ms']:.0f} ms (call texts {e['calls_p50_ms']:.0f}, "
+                 f"descriptions {e['descriptions_p50_ms']:.0f}).")
+    for name, sc in result["scenarios"].items():
+        matches = [r for cls, r in sc["classes"].items() if cls.startswith("match") and r["requests"]]
+        if matches:
+            p50 = max(r["p50_ms"] for r in matches)
+            lines.append(f"`{name}`: match p50 (the slower class) {p50:.0f} ms = {p50 / e['p50_ms']:.1f} x that.")
     lines += [
+        "",
         "Machine and settings:",
         "",
         f"- nproc {f['nproc']} (usable {f['usable_cpus']}), CPU {f['cpu']}, memory {f['memory']}; Python {f['python']}; "
         f"locust {f['locust']} on the same machine as the server",
         f"- store: {s['orgs']:,} CORDIS organisations in tenant '{TENANT}' ({s['store']})",
-        f"- gunicorn: {s['workers']} sync workers, 127.0.0.1, MATCHER_TORCH_THREADS={s['torch_threads']}, job runner off, "
+        f"- gunicorn: {s['workers']} workers x {s['threads']} request threads, 127.0.0.1, "
+        f"MATCHER_TORCH_THREADS={s['torch_threads']}, job runner off, "
         f"auth on (one key; rate limit {s['rate_limit']}), started in {s['startup_s']:.1f} s",
         f"- users: closed loop without wait (match, read); the writer 1 request/s over {WRITER_ORGS} organisations "
         "(PATCH, PUT, bulk of 3 in turn); match k=10, text queries: "
@@ -432,12 +471,15 @@ def main(argv: list[str] | None = None) -> int:
     (run_dir / "writer.json").write_text(json.dumps(writer_orgs))
     log(f"{len(calls)} call texts + {len(descriptions)} pool descriptions as match queries; "
         f"{len(ids):,} ids to read; the writer edits {len(writer_orgs)} organisations")
+    encoding = encode_times(data_dir, calls, descriptions)
+    log(f"encoding the match texts alone: p50 {encoding['p50_ms']:.0f} ms")
 
     port = free_port()
     log_path = run_dir / "gunicorn.log"
     base = f"http://127.0.0.1:{port}"
     proc = key_id = None
-    result = {"started_at": started_at, "prepare_s": prepare_s, "prepared": prepared, "scenarios": {}}
+    result = {"started_at": started_at, "prepare_s": prepare_s, "prepared": prepared, "scenarios": {},
+              "encoding": encoding}
     failure = None
     try:
         limit = [] if args.no_rate_limit else ["--rate-limit", str(KEY_RATE_LIMIT)]
@@ -482,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         "store": "reused" if prepared["reused"] else f"imported in {prepared['import_s']:.0f} s",
         "workers": args.workers,
         "torch_threads": os.environ.get("MATCHER_TORCH_THREADS", "1"),
+        "threads": os.environ.get("MATCHER_THREADS", "8"),
         "rate_limit": limiter,
         "startup_s": startup_s,
         "duration_s": args.duration,

@@ -156,10 +156,10 @@ def gather(corpus: Corpus, query_vector: np.ndarray, query_text: str, flt: Filte
     dense = (vectors @ query_vector).astype(np.float64)
     # A profile without stored sentence vectors (an older store) counts its whole vector as its one sentence.
     whole_work = dense if title_vector is None else (vectors @ work_vector).astype(np.float64)
-    sentences, owner = (corpus.sentences.gather(everyone) if corpus.sentences is not None
-                        else (np.zeros((0, index.dim), np.float32), np.zeros(0, np.int64)))
-    sentence_sims = sentences @ query_vector
-    work_sims = sentence_sims if title_vector is None else sentences @ work_vector
+    queries = [query_vector] if title_vector is None else [query_vector, work_vector]
+    sims, owner = (corpus.sentences.similarities(everyone, queries) if corpus.sentences is not None
+                   else ([np.zeros(0, np.float32)] * len(queries), np.zeros(0, np.int64)))
+    sentence_sims, work_sims = sims[0], sims[-1]
     best_sentence, has_sentences = _segments(owner, sentence_sims, len(everyone), dense)
     best_work = _segments(owner, work_sims, len(everyone), whole_work)[0]
     # The profile's own sentences count as past work too (they often name projects and topics); they are read
@@ -228,10 +228,7 @@ def _ranked(corpus: Corpus, found: Candidates, k: int, ranker: Ranker, type_fit:
     out = []
     for i in order:
         num = found.nums[i]
-        linked = []
-        if found.linked[num] > 0:
-            neighbours = corpus.records.neighbours(num)
-            linked = [s for s in found.seeds if s in neighbours]
+        linked = corpus.records.shared_with(num, found.seeds) if found.linked[num] > 0 else []
         out.append(
             Ranked(
                 num=num,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 
+import faiss
 import numpy as np
 
 _FOLD_MIN = 2000  # the overlay is folded into the base past this many rows (or a tenth of the base)
@@ -69,26 +70,64 @@ class SentenceIndex:
             return np.zeros(0, np.int64)
         return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(total)
 
+    def similarities(self, nums: np.ndarray, queries: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray]:
+        """The inner product of each query with each sentence vector of these rows, and for each sentence the
+        position in ``nums`` of its row (each row's sentences together, in the order of ``nums``): ``gather``'s
+        order, without copying the vectors out. The base's are read in place by FAISS (a candidate set's 10,000
+        sentences: 0.6 ms a query, against 1.9 ms to gather them and multiply)."""
+        nums = np.asarray(nums, np.int64)
+        with self._lock:
+            rows, owner, extra = self._locate(nums)
+            data = self._data
+        out = []
+        for query in queries:
+            query = np.ascontiguousarray(query, np.float32)
+            sims = np.empty(len(rows), np.float32)
+            if len(rows):
+                faiss.fvec_inner_products_by_idx(faiss.swig_ptr(sims), faiss.swig_ptr(query), faiss.swig_ptr(data),
+                                                 faiss.swig_ptr(rows), self.dim, 1, len(rows))
+            out.append(sims)
+        if extra:
+            owner, order = self._merge(owner, extra)
+            out = [np.concatenate([sims] + [np.asarray(m, np.float32) @ q for _, m in extra])[order]
+                   for sims, q in zip(out, queries)]
+        return out, owner
+
+    def _locate(self, nums: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[tuple[int, np.ndarray]]]:
+        """(rows of ``_data`` of the base's sentences of ``nums``, their owners, the overlay's (position, vectors));
+        callers hold the lock."""
+        base_nums, overlay = self._nums, self._overlay
+        if not len(base_nums):
+            rows, owner = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        else:
+            position = np.searchsorted(base_nums, nums)
+            clipped = np.minimum(position, len(base_nums) - 1)
+            in_base = (position < len(base_nums)) & (base_nums[clipped] == nums)
+            if overlay:
+                in_base &= ~np.isin(nums, self._overlay_nums)
+            counts = np.where(in_base, self._count[clipped], 0)
+            rows = self._rows(self._start[clipped], counts)
+            owner = np.repeat(np.arange(len(nums)), counts)
+        extra = [(i, overlay[n]) for i, n in enumerate(nums.tolist()) if overlay.get(n) is not None] if overlay else []
+        return rows, owner, extra
+
+    @staticmethod
+    def _merge(owner: np.ndarray, extra: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        """The owners with the overlay's rows appended, in row order, and the order that sorts them so."""
+        owner = np.concatenate([owner] + [np.full(len(m), i) for i, m in extra])
+        order = np.argsort(owner, kind="stable")
+        return owner[order], order
+
     def gather(self, nums: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The sentence vectors of these rows as float32, one per sentence, and for each the position in ``nums``
         of the row it belongs to (in the order of ``nums``: each row's sentences together)."""
         nums = np.asarray(nums, np.int64)
         with self._lock:
-            base_nums, overlay = self._nums, self._overlay
-            position = np.searchsorted(base_nums, nums)
-            clipped = np.minimum(position, max(len(base_nums) - 1, 0))
-            in_base = (position < len(base_nums)) & (base_nums[clipped] == nums) if len(base_nums) else np.zeros(len(nums), bool)
-            if overlay:
-                in_base &= ~np.isin(nums, self._overlay_nums)
-            counts = np.where(in_base, self._count[clipped] if len(base_nums) else 0, 0)
-            vectors = self._data[self._rows(self._start[clipped] if len(base_nums) else counts, counts)]
-            owner = np.repeat(np.arange(len(nums)), counts)
-            extra = [(i, overlay[n]) for i, n in enumerate(nums.tolist()) if overlay.get(n) is not None] if overlay else []
+            rows, owner, extra = self._locate(nums)
+            vectors = self._data[rows]
         if extra:
-            vectors = np.concatenate([vectors] + [np.asarray(m, np.float32) for _, m in extra])
-            owner = np.concatenate([owner] + [np.full(len(m), i) for i, m in extra])
-            order = np.argsort(owner, kind="stable")
-            vectors, owner = vectors[order], owner[order]
+            owner, order = self._merge(owner, extra)
+            vectors = np.concatenate([vectors] + [np.asarray(m, np.float32) for _, m in extra])[order]
         return vectors, owner
 
     # --- snapshots ------------------------------------------------------------------------------
@@ -105,6 +144,8 @@ class SentenceIndex:
     def from_arrays(cls, dim: int, nums: np.ndarray, counts: np.ndarray, vectors: np.ndarray) -> SentenceIndex:
         """An index over a snapshot's arrays (``vectors`` may be memory-mapped: it is only read)."""
         self = cls(dim)
-        self._nums, self._count, self._data = np.asarray(nums, np.int64), np.asarray(counts, np.int64), vectors
+        # (FAISS reads ``vectors`` in place: one C-ordered float32 block, which a mapped snapshot's already is)
+        self._nums, self._count = np.asarray(nums, np.int64), np.asarray(counts, np.int64)
+        self._data = np.ascontiguousarray(vectors, np.float32).reshape(-1, dim)
         self._start = np.concatenate([[0], np.cumsum(self._count)[:-1]]).astype(np.int64) if len(nums) else np.zeros(0, np.int64)
         return self

@@ -190,6 +190,17 @@ class TrackRecords:
             return set()
         return {int(self._nums[j]) for j in graph.indices[graph.indptr[row] : graph.indptr[row + 1]]}
 
+    def shared_with(self, num: int, seeds: list[int]) -> list[int]:
+        """Those of ``seeds`` this organisation has shared a project with, in their order (``neighbours`` without
+        making a set of a large organisation's thousands of partners)."""
+        graph = self._build()
+        row = int(self._row(np.array([num]))[0])
+        if row < 0 or not seeds:
+            return []
+        partners = graph.indices[graph.indptr[row] : graph.indptr[row + 1]]  # rows, as the seeds' below
+        return [seed for seed, at in zip(seeds, self._row(np.asarray(seeds, np.int64)).tolist())
+                if at >= 0 and bool((partners == at).any())]
+
     def features(self, num: int) -> dict[str, float]:
         """The row's track-record signals by name (``matcher.features``): log(1 + projects), log(1 + coordinated),
         log(1 + partners), and years since its last project (to the newest in the store, capped at 5)."""

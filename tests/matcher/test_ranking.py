@@ -54,6 +54,7 @@ def test_track_records_count_projects_and_link_partners_both_ways():
     records.upsert([1, 2, 3], docs)
     assert records.linked_to([2]) == {1: 1.0} and records.linked_to([1]) == {2: 1.0}
     assert records.neighbours(2) == {1}
+    assert records.shared_with(2, [3, 1, 99]) == [1] and records.shared_with(99, [1]) == [] and records.shared_with(1, []) == []
     named = records.features(1)
     assert named["projects"] == pytest.approx(np.log1p(2)) and named["years_since"] == 0.0
     records.remove([1])
