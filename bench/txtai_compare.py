@@ -191,11 +191,13 @@ def product_inprocess(data_dir: Path, ids: list[str], texts: list[str], lines: l
     WARMUP), the top 10 ids of each call text, and how many stored profile texts differ from the texts txtai indexes."""
     from stores import settings_for
 
+    from matcher.cpu import limit_threads
     from matcher.engine import Engine
     from matcher.text import text_hash
     from models.enums import EntityKind
     from models.schemas import MatchRequest
 
+    limit_threads(1)  # as a gunicorn worker does (post_worker_init): the model, BLAS and FAISS on one thread
     engine = Engine(settings_for(data_dir)).open()
     try:
         stored = engine.store.embeddings_of(EntityKind.organisations, ids)
@@ -339,7 +341,7 @@ def render(res: dict) -> str:
         "",
         f"{s['orgs']:,} CORDIS organisations (the first valid rows of pool.jsonl.gz), each indexed by both as the same "
         f"profile text; the same model ({Path(s['model']).parent.name}). One-line queries: the titles of the "
-        f"{s['titles']} dev call topics. Preliminary while the product's code changes; commit {f['revision']}.",
+        f"{s['titles']} dev call topics. Commit {f['revision']}.",
         "",
         "| | this product | txtai " + t["versions"]["txtai"] + " (hybrid BM25 + dense) |",
         "|---|---:|---:|",
