@@ -267,7 +267,7 @@ class Encoder:
     ``runtime``, ``models_dir`` (where the ONNX export is kept) and ``threads`` default to MATCHER_ENCODER_RUNTIME,
     MATCHER_MODELS_DIR and MATCHER_TORCH_THREADS."""
 
-    def __init__(self, model: str = "", batch_size: int = 32, device: str = "cpu", runtime: str | None = None,
+    def __init__(self, model: str = "", batch_size: int = 8, device: str = "cpu", runtime: str | None = None,
                  models_dir: str | Path | None = None, threads: int | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -296,7 +296,7 @@ class Encoder:
         log.info("encoder %s on %s", self.name, self.runtime)
 
     @classmethod
-    def with_backend(cls, path: str, backend: OnnxModel | TorchModel, batch_size: int = 32) -> Encoder:
+    def with_backend(cls, path: str, backend: OnnxModel | TorchModel, batch_size: int = 8) -> Encoder:
         """An encoder over a model already loaded (the export's check compares two of them)."""
         encoder = cls.__new__(cls)
         encoder._setup(path, model_fingerprint(path), backend, batch_size)
