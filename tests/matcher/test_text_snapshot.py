@@ -44,6 +44,13 @@ def test_sentence_index_gathers_base_and_overlay_rows_in_order():
     index.remove([5])
     got, owner = index.gather(np.array([5, 2, 7]))
     assert got.tolist() == [[3, 3], [4, 4]] and owner.tolist() == [1, 1]
+    index.upsert([9], [np.array([[0, 2]])])  # overlay and base rows together: similarities in gather's order
+    nums, queries = np.array([9, 2, 5, 7]), [np.array([1, 0], np.float32), np.array([0, 1], np.float32)]
+    (first, second), owner = index.similarities(nums, queries)
+    vectors, gathered_owner = index.gather(nums)
+    assert owner.tolist() == gathered_owner.tolist() == [0, 1, 1]
+    assert first.tolist() == (vectors @ queries[0]).tolist() == [0, 3, 4] and second.tolist() == [2, 3, 4]
+    index.remove([9])
     loaded = SentenceIndex.from_arrays(2, *index.arrays())
     assert [a.tolist() for a in loaded.gather(np.array([2, 5]))] == [[[3, 3], [4, 4]], [0, 0]]
 
