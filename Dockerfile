@@ -42,16 +42,20 @@ ENV PYTHONPATH=/app \
     MATCHER_HOST=0.0.0.0 \
     MATCHER_PORT=8000 \
     MATCHER_DATA_DIR=/data \
+    MATCHER_MODELS_DIR=/opt/matcher-models \
     GUNICORN_CMD_ARGS="--worker-tmp-dir /dev/shm"
 
-# Fail the build, not the first start, when the packaged model cannot be loaded offline.
-RUN python -c "from matcher.encoder import Encoder; e = Encoder(); assert e.encode(['ok']).shape == (1, e.dim); print('model ok:', e.name)"
+# Fail the build, not the first start, when the packaged model cannot be loaded offline; and export it to ONNX
+# here (matcher/onnx_export.py: checked against torch), into the image, so that no start has to.
+RUN python -c "from matcher.encoder import Encoder; e = Encoder(); assert e.encode(['ok']).shape == (1, e.dim); \
+assert e.runtime == 'onnx', 'the ONNX export failed: see the log'; print('model ok:', e.name, e.runtime)"
 
 # A non-root user owning only the data folder (the SQLite store and the index snapshots).
 RUN groupadd --system --gid 10001 matcher \
     && useradd --system --uid 10001 --gid matcher --create-home --home-dir /home/matcher matcher \
     && mkdir -p /data \
-    && chown matcher:matcher /data
+    && chown matcher:matcher /data \
+    && chown -R matcher:matcher /opt/matcher-models
 USER matcher
 VOLUME /data
 EXPOSE 8000
