@@ -359,15 +359,16 @@ def test_make_run_flow_keys_tenants_and_shared_rate_limits_over_gunicorn(tmp_pat
         assert requests.get(f"{base}/v1/organisations/{min(demo_ids)}", headers=bearer(other), timeout=30).status_code == 404
         # 'limited' may make 2 requests at once (MATCHER_RATE_BURST is 6, but never more than the key's own rate),
         # then 2 a minute, across both workers.
-        # Which worker accepts a connection is the kernel's choice: send pairs until both have answered (at least
-        # 14 requests, at most 60: about a second, in which 2 a minute refills no token).
+        # Which worker accepts a connection is the kernel's choice, and one threaded worker may take many in a row:
+        # send 8 at once until both have answered (at least 16 requests, at most 400: a few seconds, in which 2 a
+        # minute refills no token).
         served_pids = lambda: set(re.findall(r'pid=<?(\d+)>? "GET /v1/organisations\?limit=1',  # noqa: E731
                                              (data / "gunicorn.log").read_text()))
         codes = []
-        with ThreadPoolExecutor(2) as pool:
-            while len(codes) < 14 or (len(served_pids()) < 2 and len(codes) < 60):
+        with ThreadPoolExecutor(8) as pool:
+            while len(codes) < 16 or (len(served_pids()) < 2 and len(codes) < 400):
                 codes += pool.map(lambda _: requests.get(f"{base}/v1/organisations?limit=1", headers=bearer(limited),
-                                                         timeout=30), range(2))
+                                                         timeout=30), range(8))
         assert sorted(r.status_code for r in codes) == [200] * 2 + [429] * (len(codes) - 2)
         assert all(int(r.headers["Retry-After"]) >= 1 for r in codes if r.status_code == 429)
         assert len(served_pids()) == 2, "both workers should have answered the limited key"
