@@ -28,6 +28,7 @@ stopped, and its log is kept in bench/out/ when a part fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import gc
 import gzip
@@ -180,19 +181,32 @@ class StartWatch(threading.Thread):
         return {pid: self.ready[pid] - self.forked[pid] for pid in self.workers() if pid in self.forked}
 
 
-def serve(data_dir: Path, workers: int, label: str):
-    """Start gunicorn on data_dir as load.py does, watching its workers start: (proc, port, startup_s, watch, log)."""
+@contextlib.contextmanager
+def serving(data_dir: Path, workers: int, label: str):
+    """gunicorn on data_dir for the block, started as load.py does and its workers' start watched: yields (proc,
+    port, startup_s, watch). Stopped after the block whatever happened, and its log removed; when the start or the
+    block fails, the log is first kept in bench/out."""
     log_path = data_dir / f"gunicorn-{label}.log"
     port = free_port()
     watch = StartWatch(log_path)
     watch.start()
     log(f"[{label}] starting gunicorn ({workers} workers) on 127.0.0.1:{port}, log {show(log_path)}")
+    proc = None
     try:
-        proc, startup_s = start_gunicorn(data_dir, port, workers, log_path, rate_limit=True)
+        try:
+            proc, startup_s = start_gunicorn(data_dir, port, workers, log_path, rate_limit=True)
+        finally:
+            time.sleep(0.05)
+            watch.stop()
+        yield proc, port, startup_s, watch
+    except Exception:
+        keep_log(log_path, label)
+        raise
     finally:
-        time.sleep(0.05)
-        watch.stop()
-    return proc, port, startup_s, watch, log_path
+        if proc is not None:
+            stop_gunicorn(proc)
+            log(f"[{label}] gunicorn stopped (exit {proc.returncode})")
+        log_path.unlink(missing_ok=True)
 
 
 def worker_facts(proc, watch: StartWatch, startup_s: float) -> dict:
@@ -456,24 +470,13 @@ def inproc_part(size: int, data_dir: Path, encoder, texts: dict, vectors: dict, 
 
 def start_part(size: int, data_dir: Path, workers: int) -> dict:
     label = f"start-{size}"
-    proc = log_path = None
-    try:
-        proc, _, startup_s, watch, log_path = serve(data_dir, workers, label)
+    with serving(data_dir, workers, label) as (proc, _, startup_s, watch):
         out = worker_facts(proc, watch, startup_s)
-        log(f"[{label}] all ready {startup_s:.1f} s after launch; worker fork -> ready: "
-            + ", ".join(f"{s:.2f} s" for s in out["worker_start_s"])
-            + "; per worker RSS/PSS MB: " + ", ".join(f"{w['Rss']:.0f}/{w['Pss']:.0f}" for w in out["workers"])
-            + f"; master {out['master']['Rss']:.0f}/{out['master']['Pss']:.0f}")
-        return out
-    except Exception:
-        if log_path is not None:
-            keep_log(log_path, label)
-        raise
-    finally:
-        if proc is not None:
-            stop_gunicorn(proc)
-        if log_path is not None:
-            log_path.unlink(missing_ok=True)
+    log(f"[{label}] all ready {startup_s:.1f} s after launch; worker fork -> ready: "
+        + ", ".join(f"{s:.2f} s" for s in out["worker_start_s"])
+        + "; per worker RSS/PSS MB: " + ", ".join(f"{w['Rss']:.0f}/{w['Pss']:.0f}" for w in out["workers"])
+        + f"; master {out['master']['Rss']:.0f}/{out['master']['Pss']:.0f}")
+    return out
 
 
 # --- part: HTTP ---------------------------------------------------------------------------------------------
@@ -585,61 +588,53 @@ def http_part(size: int, source_dir: Path, texts: dict, args) -> dict:
     label = f"http-{size}"
     work = Path(tempfile.mkdtemp(prefix="bench-speed-http-"))
     data_dir = work / "data"
-    proc = log_path = None
     try:
         shutil.copytree(source_dir, data_dir)  # ingest writes: a throwaway copy
         created = matcher_cli(data_dir, "keys", "create", "--tenant", TENANT, "--scopes", "read,match,write",
                               "--label", "bench-speed", "--rate-limit", str(KEY_RATE_LIMIT))
         key = created.stdout.strip().splitlines()[0]
-        proc, port, startup_s, watch, log_path = serve(data_dir, args.workers, label)
-        out = {"start": worker_facts(proc, watch, startup_s), "clients": args.clients, "duration_s": args.duration}
-        pids = [proc.pid, *watch.workers()]
-        base = f"http://127.0.0.1:{port}"
-        ids = stored_ids(data_dir)
-        out["rate_limit"] = warm_up(base, key, texts["calls"], ids, args.workers)
+        with serving(data_dir, args.workers, label) as (proc, port, startup_s, watch):
+            out = {"start": worker_facts(proc, watch, startup_s), "clients": args.clients, "duration_s": args.duration}
+            pids = [proc.pid, *watch.workers()]
+            base = f"http://127.0.0.1:{port}"
+            ids = stored_ids(data_dir)
+            out["rate_limit"] = warm_up(base, key, texts["calls"], ids, args.workers)
 
-        def post(bodies: list[dict]) -> list[tuple[str, str, bytes]]:
-            return [("POST", "/v1/match", json.dumps(b).encode()) for b in bodies]
+            def post(bodies: list[dict]) -> list[tuple[str, str, bytes]]:
+                return [("POST", "/v1/match", json.dumps(b).encode()) for b in bodies]
 
-        titles = texts["titles"]
-        hammer(port, key, post([text_body(t) for t in titles]), args.clients, 600, False, pids)  # every title once
-        calls = texts["calls"][2 * args.workers :]  # warm_up sent the first ones
-        rng = random.Random(args.seed)
-        unique, alone = texts["unique"][:-1000], texts["unique"][-1000:]  # never sent before, in either scenario
-        many = args.clients
-        scenarios = [
-            ("healthz", [("GET", "/healthz", None)], True, min(args.duration, 5), many),
-            ("one_line_single", post([text_body(t) for t in alone]), False, min(args.duration, 10), 1),
-            ("one_line_cycled", post([text_body(t) for t in titles]), True, args.duration, many),
-            ("one_line_unique", post([text_body(t) for t in unique]), False, args.duration, many),
-            ("one_line_explain_cycled", post([text_body(t, True) for t in titles]), True, args.duration, many),
-            ("call_text_unique", post([text_body(t) for t in calls]), False, args.duration, many),
-            ("org_id", post([text_body(org_id=i) for i in rng.sample(ids, min(len(ids), 5000))]), True, args.duration, many),
-        ]
-        for name, requests, repeat, seconds, clients in scenarios:
-            r = out[name] = hammer(port, key, requests, clients, seconds, repeat, pids)
-            r["clients"] = clients
-            took = f", server took_ms p50 {r['took_ms']['p50']:.1f}" if r["took_ms"] else ""
-            log(f"[{label}] {name:<24} {r['requests']:>6} req  {r['req_per_s']:7.1f} req/s  p50 {r['p50']:6.1f} ms  "
-                f"p99 {r['p99']:6.1f} ms{took}; CPU ms/request client {r['client_cpu_ms_per_request']:.2f}, server "
-                f"{r['server_cpu_ms_per_request']:.1f}; errors {r['errors']}" + (f" e.g. {r['error_samples'][0]}" if r["errors"] else ""))
-        if args.ingest_orgs:
-            stored = set(ids)
-            pool, _, _ = load_pool(args.pool, size + args.ingest_orgs + 100)
-            docs = [d for d in pool if d["id"] not in stored][: args.ingest_orgs]
-            out["ingest"] = r = ingest(port, key, docs, 100, pids)
-            log(f"[{label}] ingest {r['orgs']} organisations, {r['batch']} a request: {r['orgs_per_s']:.1f} orgs/s "
-                f"(a request p50 {r['batch_s_p50']:.1f} s, max {r['batch_s_max']:.1f} s)")
-        out["load_avg"] = os.getloadavg()[0]
-        return out
-    except Exception:
-        if log_path is not None:
-            keep_log(log_path, label)
-        raise
+            titles = texts["titles"]
+            hammer(port, key, post([text_body(t) for t in titles]), args.clients, 600, False, pids)  # every title once
+            calls = texts["calls"][2 * args.workers :]  # warm_up sent the first ones
+            rng = random.Random(args.seed)
+            unique, alone = texts["unique"][:-1000], texts["unique"][-1000:]  # never sent before, in either scenario
+            many = args.clients
+            scenarios = [
+                ("healthz", [("GET", "/healthz", None)], True, min(args.duration, 5), many),
+                ("one_line_single", post([text_body(t) for t in alone]), False, min(args.duration, 10), 1),
+                ("one_line_cycled", post([text_body(t) for t in titles]), True, args.duration, many),
+                ("one_line_unique", post([text_body(t) for t in unique]), False, args.duration, many),
+                ("one_line_explain_cycled", post([text_body(t, True) for t in titles]), True, args.duration, many),
+                ("call_text_unique", post([text_body(t) for t in calls]), False, args.duration, many),
+                ("org_id", post([text_body(org_id=i) for i in rng.sample(ids, min(len(ids), 5000))]), True, args.duration, many),
+            ]
+            for name, requests, repeat, seconds, clients in scenarios:
+                r = out[name] = hammer(port, key, requests, clients, seconds, repeat, pids)
+                r["clients"] = clients
+                took = f", server took_ms p50 {r['took_ms']['p50']:.1f}" if r["took_ms"] else ""
+                log(f"[{label}] {name:<24} {r['requests']:>6} req  {r['req_per_s']:7.1f} req/s  p50 {r['p50']:6.1f} ms  "
+                    f"p99 {r['p99']:6.1f} ms{took}; CPU ms/request client {r['client_cpu_ms_per_request']:.2f}, server "
+                    f"{r['server_cpu_ms_per_request']:.1f}; errors {r['errors']}" + (f" e.g. {r['error_samples'][0]}" if r["errors"] else ""))
+            if args.ingest_orgs:
+                stored = set(ids)
+                pool, _, _ = load_pool(args.pool, size + args.ingest_orgs + 100)
+                docs = [d for d in pool if d["id"] not in stored][: args.ingest_orgs]
+                out["ingest"] = r = ingest(port, key, docs, 100, pids)
+                log(f"[{label}] ingest {r['orgs']} organisations, {r['batch']} a request: {r['orgs_per_s']:.1f} orgs/s "
+                    f"(a request p50 {r['batch_s_p50']:.1f} s, max {r['batch_s_max']:.1f} s)")
+            out["load_avg"] = os.getloadavg()[0]
+            return out
     finally:
-        if proc is not None:
-            stop_gunicorn(proc)
-            log(f"[{label}] gunicorn stopped (exit {proc.returncode})")
         shutil.rmtree(work, ignore_errors=True)
 
 
