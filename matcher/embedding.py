@@ -10,14 +10,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections import OrderedDict
-from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
 from matcher.encoder import Encoder, default_model_path, matrix_from_bytes, matrix_to_bytes, model_fingerprint, to_bytes
+from matcher.lru import Lru
 from matcher.past_work import distinct_titles
 from matcher.settings import Settings
 from matcher.text import entity_text, text_hash
@@ -62,38 +61,16 @@ class SharedModel:
         return self._name
 
 
-class VectorCache:
-    """Vectors by key, the ``bound()`` most recently used kept (0: none), shared by request threads: the lock is held
-    only to read and update it, so another thread embeds meanwhile."""
-
-    def __init__(self, bound: Callable[[], int]):
-        self.bound = bound
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def vectors(self, items: list[str], compute, key=lambda item: item) -> list[np.ndarray]:
-        """The vector of each item: cached under ``key(item)``, else one of those ``compute(missing items)`` gives."""
-        keys = [key(item) for item in items]
-        with self._lock:
-            known = {k: self._items[k] for k in dict.fromkeys(keys) if k in self._items}
-        missing = {k: item for k, item in zip(keys, items) if k not in known}
-        if missing:
-            known.update(zip(missing, compute(list(missing.values()))))
-        bound = self.bound()
-        with self._lock:
-            for k in keys if bound else ():
-                self._items[k] = known[k]
-                self._items.move_to_end(k)
-            while len(self._items) > bound:
-                self._items.popitem(last=False)
-        return [known[k] for k in keys]
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+def _cached(cache: Lru, items: list[str], compute, key=lambda item: item) -> list[np.ndarray]:
+    """The vector of each item: held in ``cache`` under ``key(item)``, else one of those ``compute(missing items)``
+    gives (then held)."""
+    keys = [key(item) for item in items]
+    known = cache.get_many(keys)
+    missing = {k: item for k, item in zip(keys, items) if k not in known}
+    if missing:
+        known.update(zip(missing, compute(list(missing.values()))))
+    cache.put_many((k, known[k]) for k in keys)
+    return [known[k] for k in keys]
 
 
 class Embedder:
@@ -104,9 +81,9 @@ class Embedder:
         self.settings = settings
         self.store = store
         self.model = model
-        self._sentences = VectorCache(lambda: _SENTENCE_CACHE)
+        self._sentences = Lru(lambda: _SENTENCE_CACHE)  # sentence -> vector
         # Per tenant, not per process: how fast a query answers says nothing of another tenant's queries.
-        self._queries = VectorCache(lambda: settings.query_cache)
+        self._queries = Lru(lambda: settings.query_cache)  # text hash -> vector
 
     @property
     def encoder(self) -> Encoder:
@@ -126,7 +103,7 @@ class Embedder:
         """Vectors of sentences embedded alone (for rows stored without sentence vectors), cached per process."""
         if not sentences:
             return np.zeros((0, self.encoder.dim), np.float32)
-        return np.vstack(self._sentences.vectors(sentences, self.encoder.encode_sentences))
+        return np.vstack(_cached(self._sentences, sentences, self.encoder.encode_sentences))
 
     def query_vectors(self, texts: list[str]) -> np.ndarray:
         """Vectors of free-text queries, cached by text hash (MATCHER_QUERY_CACHE): ``encoder.encode`` over the first
@@ -134,8 +111,8 @@ class Embedder:
         if not texts:
             return np.zeros((0, self.encoder.dim), np.float32)
         windows = self.settings.query_windows or None
-        return np.vstack(self._queries.vectors(texts, lambda todo: self.encoder.encode(todo, max_windows=windows),
-                                               key=text_hash))
+        return np.vstack(_cached(self._queries, texts, lambda todo: self.encoder.encode(todo, max_windows=windows),
+                                 key=text_hash))
 
     def forget_sentences(self) -> None:
         """Drop the cache (sentences are cached by their text: keep none of a deleted row's)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
@@ -21,6 +20,7 @@ from matcher.encoder import from_bytes, matrix_from_bytes
 from matcher.hybrid import Corpus
 from matcher.index import SnapshotError, VectorIndex, remove_leftovers
 from matcher.lexical import LexicalIndex
+from matcher.lru import Lru
 from matcher.past_work import PastWork, distinct_titles
 from matcher.sentence_index import SentenceIndex
 from matcher.settings import Settings
@@ -50,8 +50,7 @@ class LiveIndex:
         self.sentences: dict[EntityKind, SentenceIndex] = {}  # each profile's sentence vectors
         self.stale: dict[EntityKind, int] = {kind: 0 for kind in KINDS}
         self.synced_seq = -1
-        self._explained: OrderedDict[tuple[EntityKind, int], tuple] = OrderedDict()  # see ``explained``
-        self._explained_lock = threading.Lock()
+        self._explained = Lru(lambda: self.settings.explain_cache)  # (kind, num) -> see ``explained``
         self._lock = threading.RLock()
         self._changes_since_snapshot = 0
 
@@ -192,10 +191,7 @@ class LiveIndex:
         """What explaining a match reads of its row: the document, and its stored sentences with their vectors
         (None without any of this model's). The rows explained last are kept decoded (``MATCHER_EXPLAIN_CACHE``),
         as the same profiles are explained again and again; a change to a row drops it (``_replay``)."""
-        with self._explained_lock:
-            out = {n: self._explained[(kind, n)] for n in nums if (kind, n) in self._explained}
-            for n in out:
-                self._explained.move_to_end((kind, n))
+        out = {num: row for (_, num), row in self._explained.get_many((kind, n) for n in nums).items()}
         missing = [n for n in nums if n not in out]
         if missing:
             docs = self.store.get_by_nums(kind, missing)
@@ -205,11 +201,7 @@ class LiveIndex:
                 entry = stored.get(num)
                 sentences, vectors = (entry[0], matrix_from_bytes(entry[1], dim)) if entry and entry[2] == model else (None, None)
                 out[num] = (doc, sentences, vectors)
-            with self._explained_lock:
-                for num in docs:
-                    self._explained[(kind, num)] = out[num]
-                while len(self._explained) > self.settings.explain_cache:
-                    self._explained.popitem(last=False)
+            self._explained.put_many(((kind, num), out[num]) for num in docs)
         return out
 
     def _count_stale(self) -> None:
@@ -294,10 +286,7 @@ class LiveIndex:
         touched: dict[EntityKind, dict[int, None]] = {kind: {} for kind in KINDS}
         for change in changes:
             touched[change.kind][change.num] = None
-        with self._explained_lock:
-            for kind, nums in touched.items():
-                for num in nums:
-                    self._explained.pop((kind, num), None)
+        self._explained.discard((kind, num) for kind, nums in touched.items() for num in nums)
         for kind, rows_touched in touched.items():
             nums = list(rows_touched)
             index, present = self.indexes[kind], set()
