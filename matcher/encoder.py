@@ -237,7 +237,7 @@ class OnnxModel:
                 self._bulk.remove(wanted)
 
 
-_TRIM_AFTER = 2048  # word pieces in a batch (a query's are fewer: about 1,000 for a call text)
+_TRIM_AFTER = 2048  # word pieces in a batch: more only with MATCHER_ENCODE_BATCH_SIZE above 8 (a call text as a query: 512)
 
 
 @functools.cache
