@@ -93,8 +93,12 @@ def test_two_workers_see_every_write_at_once(server):
         "description": "Greywater recycling units for apartment blocks."}, timeout=60)
     assert r.status_code == 201
     query = "greywater recycling for apartment blocks"
-    with ThreadPoolExecutor(2) as pool:  # two at a time, so both workers serve
-        results = list(pool.map(lambda _: match_ids(base, query), range(16)))
+    # Which worker accepts a connection is the kernel's choice, and one threaded worker may take many in a row (a
+    # repeated query is answered from its cache in milliseconds): 8 at a time until both have served (16 to 200).
+    results = []
+    with ThreadPoolExecutor(8) as pool:
+        while len(results) < 16 or (len(serving_pids(log_path, "/v1/match")) < 2 and len(results) < 200):
+            results += pool.map(lambda _: match_ids(base, query), range(8))
     assert all(ids[0] == "hydro" for ids in results), results
     assert len(serving_pids(log_path, "/v1/match")) == 2, "both workers should have served matches"
 
