@@ -140,6 +140,18 @@ def summary(seconds: list[float]) -> dict:
     }
 
 
+def time_each(fn, items, warm=()) -> dict:
+    """summary() of the wall time of fn(item) for each of ``items``, after calling fn on each of ``warm`` untimed."""
+    for item in warm:
+        fn(item)
+    times = []
+    for item in items:
+        t0 = time.perf_counter()
+        fn(item)
+        times.append(time.perf_counter() - t0)
+    return summary(times)
+
+
 def fmt_lat(s: dict | None) -> str:
     if not s:
         return "-"
@@ -277,14 +289,7 @@ def bench_engine(size: int, engine, queries: list[str], ids: list[str], count: i
     out = {}
 
     # Query encoding alone (the part of a text query that is neither search nor store), on fewer queries.
-    enc_times = []
-    for text in texts[:WARMUP]:
-        engine.encoder.encode([text])
-    for text in texts[WARMUP : WARMUP + encode_count]:
-        t0 = time.perf_counter()
-        engine.encoder.encode([text])
-        enc_times.append(time.perf_counter() - t0)
-    out["encode_only"] = summary(enc_times)
+    out["encode_only"] = time_each(lambda t: engine.encoder.encode([t]), texts[WARMUP : WARMUP + encode_count], texts[:WARMUP])
     log(f"[{size}] query encode only        {fmt_lat(out['encode_only'])}")
 
     variants = [

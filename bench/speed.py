@@ -66,6 +66,7 @@ from latency import (  # noqa: E402
     source_fingerprint,
     summary,
     tail,
+    time_each,
 )
 from load import KEY_RATE_LIMIT, TENANT, matcher_cli, show, start_gunicorn, stop_gunicorn, warm_up  # noqa: E402
 from stores import prepare, settings_for, stored_ids  # noqa: E402
@@ -235,17 +236,6 @@ def windows_of(encoder, text: str) -> list[str]:
     return [w.text for w in encoder.windows(text)] if hasattr(encoder, "windows") else [text]
 
 
-def time_each(fn, texts: list[str], warm: list[str]) -> dict:
-    for t in warm:
-        fn(t)
-    times = []
-    for t in texts:
-        t0 = time.perf_counter()
-        fn(t)
-        times.append(time.perf_counter() - t0)
-    return summary(times)
-
-
 def encode_part(product, titles: list[str], calls: list[str], n_lines: int, n_calls: int) -> dict:
     """Bare torch (sentence-transformers over the product's windows, 1 thread) and the product's encoder."""
     from sentence_transformers import SentenceTransformer
@@ -361,15 +351,6 @@ def store_vectors(data_dir: Path) -> np.ndarray:
         store.engine.dispose()
 
 
-def search_times(search, queries: np.ndarray) -> dict:
-    times = []
-    for q in queries:
-        t0 = time.perf_counter()
-        search(q)
-        times.append(time.perf_counter() - t0)
-    return summary(times)
-
-
 def flat_and_ann(matrix: np.ndarray, queries: np.ndarray, ann: bool, depth: int = 100) -> dict:
     """One thread: FAISS flat inner product and numpy's matrix-vector product + argpartition, top ``depth``; with
     ``ann``, HNSW and IVF recall@depth against flat and their search times."""
@@ -384,10 +365,10 @@ def flat_and_ann(matrix: np.ndarray, queries: np.ndarray, ann: bool, depth: int 
         def top(q):
             return np.argpartition(-(matrix @ q), depth)[:depth]
 
-        out = {"faiss_flat": search_times(lambda q: flat.search(q[None, :], depth), queries),
-               "numpy_matvec": search_times(top, queries)}  # numpy's BLAS with its default threads, as the engine has
+        out = {"faiss_flat": time_each(lambda q: flat.search(q[None, :], depth), queries),
+               "numpy_matvec": time_each(top, queries)}  # numpy's BLAS with its default threads, as the engine has
         with threadpool_limits(1):
-            out["numpy_matvec_1_thread"] = search_times(top, queries)
+            out["numpy_matvec_1_thread"] = time_each(top, queries)
         if not ann:
             return out
         _, truth = flat.search(queries, depth)
@@ -405,7 +386,7 @@ def flat_and_ann(matrix: np.ndarray, queries: np.ndarray, ann: bool, depth: int 
         for ef in (128, 256, 512):
             hnsw.hnsw.efSearch = ef
             rows.append({"index": f"HNSW32 efSearch={ef}", "build_s": build_s, "recall": recall(hnsw),
-                         **search_times(lambda q: hnsw.search(q[None, :], depth), queries)})
+                         **time_each(lambda q: hnsw.search(q[None, :], depth), queries)})
         nlist = int(4 * np.sqrt(len(matrix)))
         t0 = time.perf_counter()
         ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(matrix.shape[1]), matrix.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
@@ -415,7 +396,7 @@ def flat_and_ann(matrix: np.ndarray, queries: np.ndarray, ann: bool, depth: int 
         for nprobe in (16, 32, 64):
             ivf.nprobe = nprobe
             rows.append({"index": f"IVF{nlist} nprobe={nprobe}", "build_s": build_s, "recall": recall(ivf),
-                         **search_times(lambda q: ivf.search(q[None, :], depth), queries)})
+                         **time_each(lambda q: ivf.search(q[None, :], depth), queries)})
         out["ann"] = rows
         for r in rows:
             log(f"[ann] {r['index']}: recall@{depth} {r['recall']:.4f}, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, "

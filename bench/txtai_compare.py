@@ -58,6 +58,7 @@ from latency import (  # noqa: E402
     source_fingerprint,
     summary,
     tail,
+    time_each,
 )
 from load import show, start_gunicorn, stop_gunicorn  # noqa: E402
 from txtai_app import CONFIG  # noqa: E402
@@ -203,15 +204,12 @@ def product_inprocess(data_dir: Path, ids: list[str], texts: list[str], lines: l
         stored = engine.store.embeddings_of(EntityKind.organisations, ids)
         differ = sum(stored[i].text_hash != text_hash(t) if i in stored else 1 for i, t in zip(ids, texts))
         engine.load_indexes()
-        ranked = lambda text: [m["id"] for m in engine.match(MatchRequest.model_validate(match_body(text)))["matches"]]  # noqa: E731
-        for text in lines[:WARMUP]:
-            ranked(text)
-        lines_s = []
-        for text in lines[WARMUP:]:
-            t0 = time.perf_counter()
-            assert ranked(text), text
-            lines_s.append(time.perf_counter() - t0)
-        return {"lines": summary(lines_s), "calls": [ranked(t) for t in calls], "texts_differ": differ,
+        def ranked(text: str) -> list[str]:
+            ids = [m["id"] for m in engine.match(MatchRequest.model_validate(match_body(text)))["matches"]]
+            assert ids, text
+            return ids
+
+        return {"lines": time_each(ranked, lines[WARMUP:], lines[:WARMUP]), "calls": [ranked(t) for t in calls], "texts_differ": differ,
                 "indexed": len(engine.indexes[EntityKind.organisations]), "runtime": engine.encoder.runtime,
                 "load_avg": os.getloadavg()[0]}
     finally:
