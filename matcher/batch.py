@@ -193,10 +193,8 @@ def run_ray(settings, items: list[BatchItem], on_done: Callable[[int, list | str
 # --- files: checkpoint, resume, output ------------------------------------------------------------
 
 def fingerprint(queries_path: Path, **args) -> str:
-    digest = hashlib.sha256()
     with open(queries_path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(fh, "sha256")
     digest.update(json.dumps(args, sort_keys=True, default=str).encode())
     return digest.hexdigest()
 

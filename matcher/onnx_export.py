@@ -131,11 +131,8 @@ def _versions() -> dict[str, str]:
 def _digest(path: Path) -> str | None:
     if not path.is_file():
         return None
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _export_in_child(model_path: str, folder: Path) -> None:
