@@ -32,11 +32,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from latency import DATA, OUT, memory_mb, percentile
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("MATCHER_BENCH_DATA", ROOT.parent / "shared" / "data" / "cordis" / "bench"))
 EVAL_STORE = ROOT / "var" / "eval" / "pool"
-OUT = ROOT / "bench" / "out"
 OPTIONS = {"a": ("onnx", None), "b": ("onnx", 1), "c": ("onnx", 2), "d": ("int8", None)}
 OPTION_LABELS = {"a": "(a) every window", "b": "(b) first window (title + start)", "c": "(c) first 2 windows",
                  "d": "(d) every window, int8"}
@@ -48,17 +47,6 @@ def log(message: str) -> None:
 
 def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def memory() -> dict[str, float]:
-    """This process's resident and proportional set sizes, MiB."""
-    fields = {}
-    with open("/proc/self/smaps_rollup") as fh:
-        for line in fh:
-            key, _, rest = line.partition(":")
-            if key in ("Rss", "Pss"):
-                fields[key.lower()] = round(int(rest.split()[0]) / 1024, 1)
-    return fields
 
 
 # --- the encoders ---------------------------------------------------------------------------------
@@ -206,13 +194,13 @@ def probe(runtime: str, data_dir: str, texts: list[str]) -> dict:
                 work(encoder)
                 os.write(done_w, b"1")
                 os.read(go_r, 1)  # measured while the other worker is alive too: shared pages are split
-                os.write(done_w, json.dumps(memory()).encode())
+                os.write(done_w, json.dumps(memory_mb()).encode())
             finally:
                 os._exit(0)
         pipes.append((pid, done_r, go_w))
     for _, done_r, _ in pipes:
         os.read(done_r, 1)
-    master = memory()
+    master = memory_mb()
     for _, _, go_w in pipes:
         os.write(go_w, b"1")
     for pid, done_r, _ in pipes:
@@ -227,7 +215,7 @@ def single(runtime: str, data_dir: str, texts: list[str]) -> dict:
     encoder = Encoder(runtime=runtime, models_dir=data_dir, threads=1)
     encoder.encode(texts[:10])
     encoder.encode(texts[10:12])
-    return memory() | {"torch_imported": "torch" in sys.modules}
+    return memory_mb() | {"torch_imported": "torch" in sys.modules}
 
 
 def memory_figures(work: Path, texts: list[str]) -> dict:
@@ -243,10 +231,6 @@ def memory_figures(work: Path, texts: list[str]) -> dict:
 
 # --- report ----------------------------------------------------------------------------------------------
 
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q))
-
-
 def report(f: dict) -> str:
     rt = ("torch", "onnx", "int8")
     lines = [
@@ -260,9 +244,9 @@ def report(f: dict) -> str:
         "| | torch | ONNX fp32 | ONNX int8 |",
         "|---|---|---|---|",
         "| one-line query, 1 thread, p50 / p99 ms | " + " | ".join(
-            f"{pct(f['title_ms'][r], 50):.1f} / {pct(f['title_ms'][r], 99):.1f}" for r in rt) + " |",
+            f"{percentile(f['title_ms'][r], 50):.1f} / {percentile(f['title_ms'][r], 99):.1f}" for r in rt) + " |",
         "| call text (every window), 1 thread, p50 / p99 ms | " + " | ".join(
-            f"{pct(f['call_ms'][k], 50):.0f} / {pct(f['call_ms'][k], 99):.0f}" for k in ("torch", "a", "d")) + " |",
+            f"{percentile(f['call_ms'][k], 50):.0f} / {percentile(f['call_ms'][k], 99):.0f}" for k in ("torch", "a", "d")) + " |",
         "| ingest (encode_with_sentences, every core), profiles/s | " + " | ".join(
             f"{f['ingest'][r]:.1f}" for r in rt) + " |",
         "| cosine to torch, min / mean (titles, call texts, profiles) | 1 | " + " | ".join(
@@ -279,7 +263,7 @@ def report(f: dict) -> str:
         q = f["quality"][key]
         label = "torch, every window (baseline)" if key == "torch" else OPTION_LABELS[key] + (
             "" if key == "d" else ", ONNX fp32")
-        lines.append(f"| {label} | {pct(f['call_ms'][key], 50):.0f} | " + " | ".join(
+        lines.append(f"| {label} | {percentile(f['call_ms'][key], 50):.0f} | " + " | ".join(
             f"{q[r][m]:.4f}" for r in ("product", "dense") for m in ("nDCG@10", "R@50", "MRR")) + " |")
     lines += ["", "Memory (MiB) after loading the encoder and encoding 12 texts: one process; and a gunicorn-like "
               "master that loads it without running it, with 2 forked workers that encode (PSS splits shared pages):",
@@ -287,9 +271,9 @@ def report(f: dict) -> str:
               "|---|---|---|---|---|"]
     for runtime in ("torch", "onnx"):
         one, g = f["memory"][f"{runtime} single"], f["memory"][f"{runtime} gunicorn"]
-        total = g["master"]["pss"] + sum(w["pss"] for w in g["workers"])
-        lines.append(f"| {runtime} | {one['pss']:.0f} / {one['rss']:.0f} | {g['master']['pss']:.0f} | "
-                     + " / ".join(f"{w['pss']:.0f}" for w in g["workers"]) + f" | {total:.0f} |")
+        total = g["master"]["Pss"] + sum(w["Pss"] for w in g["workers"])
+        lines.append(f"| {runtime} | {one['Pss']:.0f} / {one['Rss']:.0f} | {g['master']['Pss']:.0f} | "
+                     + " / ".join(f"{w['Pss']:.0f}" for w in g["workers"]) + f" | {total:.0f} |")
     return "\n".join(lines) + "\n"
 
 

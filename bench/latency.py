@@ -140,6 +140,15 @@ def summary(seconds: list[float]) -> dict:
     }
 
 
+def memory_mb(pid: int | str = "self") -> dict:
+    """RSS, PSS and PSS split (anonymous, file, shared memory) of a process, in MiB (/proc/<pid>/smaps_rollup)."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value = line.split(":", 1)
+        fields[name] = int(value.split()[0]) / 1024
+    return {k: round(fields.get(k, 0.0), 1) for k in ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem")}
+
+
 def time_each(fn, items, warm=()) -> dict:
     """summary() of the wall time of fn(item) for each of ``items``, after calling fn on each of ``warm`` untimed."""
     for item in warm:

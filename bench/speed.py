@@ -62,6 +62,7 @@ from latency import (  # noqa: E402
     load_pool,
     load_queries,
     log,
+    memory_mb,
     percentile,
     source_fingerprint,
     summary,
@@ -107,15 +108,6 @@ def text_body(text: str | None = None, explain: bool = False, org_id: str | None
 
 
 # --- process facts ------------------------------------------------------------------------------------
-
-
-def memory_mb(pid: int | str = "self") -> dict:
-    """RSS, PSS and PSS split (anonymous, file, shared memory) of a process, in MB (/proc/<pid>/smaps_rollup)."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        name, value = line.split(":", 1)
-        fields[name] = int(value.split()[0]) / 1024
-    return {k: round(fields.get(k, 0.0), 1) for k in ("Rss", "Pss", "Pss_Anon", "Pss_File", "Pss_Shmem")}
 
 
 def _stat(pid: int) -> list[str]:
